@@ -1,0 +1,134 @@
+"""The LightningModule: the seed's autograd loop under manual optimization (no Hydra)."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import lightning as L
+import torch
+
+from twolayer_lightning.model import Activation, TwoLayerNet, sum_squared_error
+from twolayer_lightning.optim import InPlaceSGD
+
+log = logging.getLogger(__name__)
+
+
+class LitTwoLayerNet(L.LightningModule):
+    """The seed's training loop, step for step, inside Lightning.
+
+    Each training step is one update of the seed: forward ``x.mm(w1).clamp(min=0).mm(w2)``, loss
+    ``(y_pred - y).pow(2).sum()``, ``manual_backward`` and ``InPlaceSGD.step()``, which runs
+    ``w -= lr * w.grad; w.grad.zero_()``. The step goes through the optimizer so that Lightning
+    counts it: ``trainer.global_step`` is the number of updates and ``max_steps`` stops exactly.
+
+    The loss of every step is kept on the device and looked at every ``log_every_n_steps``
+    steps of the Trainer (one device sync per interval, not per step): each step's loss goes to
+    the logger, the last one to the console, and a loss that is inf or nan stops training and
+    is recorded with the step where it first appeared (:attr:`diverged_at`).
+
+    Args:
+        in_features: D_in, the number of input features.
+        hidden_features: H, the number of hidden ReLU units.
+        out_features: D_out, the number of outputs.
+        lr: the learning rate of the in-place SGD update (the seed's 1e-6).
+        activation: ``"clamp"`` or ``"function"`` (the custom autograd Function), see
+            :class:`~twolayer_lightning.model.TwoLayerNet`.
+        generator: draws ``w1`` then ``w2``; pass the one that drew the data to follow the seed.
+        updates_per_step: how many of the seed's updates one training step runs on its batch.
+            1 is the plain mapping (one batch, one update); more amortise Lightning's per-batch
+            cost when every batch is the same full batch. Each update still goes through the
+            optimizer, so ``global_step`` counts updates, and the last training step runs only
+            as many as ``max_steps`` leaves.
+
+    Example:
+        >>> from twolayer_lightning import SyntheticRegressionData
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> data = SyntheticRegressionData(64, 1000, 10, generator=gen)
+        >>> model = LitTwoLayerNet(1000, 100, 10, lr=1e-6, generator=gen)
+        >>> trainer = L.Trainer(max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False,
+        ...                     enable_progress_bar=False, enable_model_summary=False)
+        >>> trainer.fit(model, datamodule=data)
+        >>> trainer.global_step, len(model.losses)
+        (5, 5)
+    """
+
+    def __init__(
+        self,
+        in_features: int = 1000,
+        hidden_features: int = 100,
+        out_features: int = 10,
+        lr: float = 1e-6,
+        activation: Activation = "clamp",
+        generator: torch.Generator | None = None,
+        updates_per_step: int = 1,
+    ) -> None:
+        super().__init__()
+        if isinstance(updates_per_step, bool) or not isinstance(updates_per_step, int) or updates_per_step <= 0:
+            raise ValueError(
+                f"LitTwoLayerNet: updates_per_step={updates_per_step!r} is not allowed; use an integer >= 1"
+            )
+        # Only scalars: the checkpoint then loads with weights_only=True.
+        self.save_hyperparameters(ignore=["generator"])
+        self.automatic_optimization = False
+        self.net = TwoLayerNet(in_features, hidden_features, out_features, activation=activation, generator=generator)
+        self.losses: list[float] = []  # every step's loss of the current fit, in step order
+        self.diverged_at: int | None = None  # the first step (the seed's t) whose loss was inf or nan
+        self._pending: list[torch.Tensor] = []  # losses not yet brought to the host
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def configure_optimizers(self) -> InPlaceSGD:
+        return InPlaceSGD(self.net.named_parameters(), lr=self.hparams.lr)
+
+    def on_train_start(self) -> None:
+        self.losses = []
+        self.diverged_at = None
+        self._pending = []
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        optimizer = self.optimizers()
+        start = self.global_step
+        updates = self.hparams.updates_per_step
+        if self.trainer.max_steps > 0:
+            updates = min(updates, self.trainer.max_steps - start)
+        for _ in range(updates):
+            loss = sum_squared_error(self(x), y)
+            self.manual_backward(loss)
+            optimizer.step()  # the seed's `w -= lr * w.grad; w.grad.zero_()`, counted in global_step
+            self._pending.append(loss.detach())
+        every = self.trainer.log_every_n_steps
+        if self.global_step // every > start // every or self.global_step >= self.trainer.max_steps:
+            self._report()
+            # For callbacks (checkpoint monitors) and the progress bar; the logger got every step.
+            self.log("train_loss", self.last_loss, logger=False, prog_bar=True)
+        return loss
+
+    def on_train_end(self) -> None:
+        self._report()
+
+    @property
+    def last_loss(self) -> float:
+        """The loss computed in the last step so far: the last number the seed prints (nan before any)."""
+        return self.losses[-1] if self.losses else math.nan
+
+    def _report(self) -> None:
+        """Bring the pending losses to the host, log them, and stop at the first inf or nan."""
+        if not self._pending:
+            return
+        pending = torch.stack(self._pending).cpu().tolist()  # the one sync of the interval
+        self._pending = []
+        first_t = self.global_step - len(pending)  # the seed's t of pending[0]
+        bad = next((i for i, value in enumerate(pending) if not math.isfinite(value)), None)
+        if bad is not None:
+            pending = pending[: bad + 1]
+            self.diverged_at = first_t + bad
+            self.trainer.should_stop = True
+        if self.logger is not None:
+            for i, value in enumerate(pending):
+                self.logger.log_metrics({"train_loss": value}, step=first_t + i)
+        self.losses.extend(pending)
+        t = first_t + len(pending) - 1
+        log.info("step %d  loss %r", t, pending[-1])

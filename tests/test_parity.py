@@ -1,0 +1,172 @@
+"""The contract: the package computes exactly what the seed's raw autograd loop computes.
+
+The seed's section 三 loop is written out plainly below and run beside the package in the same
+process, on the same device, from the same initial tensors; every step's loss and the final
+weights are compared with ``torch.equal``.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from twolayer_lightning import InPlaceSGD, LitTwoLayerNet, SyntheticRegressionData, run
+from twolayer_lightning.model import sum_squared_error
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; this torch sees none")
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, CUDA])]
+
+
+def seed_initial_tensors(seed: int, n: int, d_in: int, h: int, d_out: int) -> tuple[torch.Tensor, ...]:
+    """The seed's draws, in its order, after ``torch.manual_seed(seed)``."""
+    torch.manual_seed(seed)
+    x = torch.randn(n, d_in)
+    y = torch.randn(n, d_out)
+    w1 = torch.randn(d_in, h)
+    w2 = torch.randn(h, d_out)
+    return x, y, w1, w2
+
+
+def seed_loop(x, y, w1, w2, learning_rate: float, steps: int) -> tuple[list[float], torch.Tensor, torch.Tensor]:
+    """The seed's section 三, verbatim but for returning the losses instead of printing them."""
+    w1 = w1.clone().requires_grad_(True)
+    w2 = w2.clone().requires_grad_(True)
+    losses = []
+    for _ in range(steps):
+        y_pred = x.mm(w1).clamp(min=0).mm(w2)
+        loss = (y_pred - y).pow(2).sum()
+        losses.append(loss.item())
+        loss.backward()
+        with torch.no_grad():
+            w1 -= learning_rate * w1.grad
+            w2 -= learning_rate * w2.grad
+            w1.grad.zero_()
+            w2.grad.zero_()
+    return losses, w1.detach(), w2.detach()
+
+
+def fast_trainer(accelerator: str, max_steps: int, **kwargs) -> L.Trainer:
+    return L.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
+
+
+def fit_package(seed, sizes, lr, steps, accelerator, activation="clamp"):
+    n, d_in, h, d_out = sizes
+    generator = torch.Generator().manual_seed(seed)
+    data = SyntheticRegressionData(n, d_in, d_out, generator=generator)
+    model = LitTwoLayerNet(d_in, h, d_out, lr=lr, activation=activation, generator=generator)
+    trainer = fast_trainer(accelerator, steps)
+    trainer.fit(model, datamodule=data)
+    return trainer, model
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    ("seed", "sizes", "lr", "steps", "activation"),
+    [
+        (0, (64, 1000, 100, 10), 1e-6, 500, "clamp"),  # the seed's problem, all 500 steps
+        (7, (32, 50, 20, 3), 1e-4, 60, "clamp"),
+        (3, (64, 1000, 100, 10), 1e-6, 100, "function"),  # the custom autograd Function
+    ],
+)
+def test_every_step_equals_the_seed_loop(device, seed, sizes, lr, steps, activation):
+    torch.set_float32_matmul_precision("highest")
+    x, y, w1, w2 = seed_initial_tensors(seed, *sizes)
+    expected_losses, expected_w1, expected_w2 = seed_loop(
+        x.to(device), y.to(device), w1.to(device), w2.to(device), lr, steps
+    )
+
+    trainer, model = fit_package(seed, sizes, lr, steps, "gpu" if device == "cuda" else "cpu", activation)
+
+    assert trainer.global_step == steps
+    assert len(model.losses) == steps
+    mismatches = [t for t, (a, b) in enumerate(zip(model.losses, expected_losses, strict=True)) if a != b]
+    assert not mismatches, f"first differing step {mismatches[0]}: {model.losses[mismatches[0]]} vs seed"
+    assert torch.equal(model.net.w1.detach(), expected_w1)
+    assert torch.equal(model.net.w2.detach(), expected_w2)
+
+
+def test_default_config_equals_the_seed_script_with_manual_seed_0(tmp_path):
+    metrics = run(["logger=none"], output_dir=tmp_path)
+    expected_losses, _, _ = seed_loop(*seed_initial_tensors(0, 64, 1000, 100, 10), 1e-6, 500)
+    assert metrics["train_loss"] == expected_losses[-1]
+    assert metrics["global_step"] == 500
+
+
+def test_seed_is_a_seed_even_when_zero(tmp_path):
+    zero = run(["logger=none", "trainer.max_steps=5"], output_dir=tmp_path / "zero")
+    one = run(["logger=none", "trainer.max_steps=5", "seed=1"], output_dir=tmp_path / "one")
+    expected_zero, _, _ = seed_loop(*seed_initial_tensors(0, 64, 1000, 100, 10), 1e-6, 5)
+    assert zero["train_loss"] == expected_zero[-1]
+    assert zero["train_loss"] != one["train_loss"]
+
+
+def test_in_place_sgd_step_is_the_seed_update():
+    generator = torch.Generator().manual_seed(1)
+    weight = torch.randn(30, 20, generator=generator)
+    grad = torch.randn(30, 20, generator=generator)
+    expected = weight.clone()
+    expected -= 1e-3 * grad
+
+    param = torch.nn.Parameter(weight.clone())
+    param.grad = grad.clone()
+    InPlaceSGD([param], lr=1e-3).step()
+
+    assert torch.equal(param.detach(), expected)
+    assert torch.equal(param.grad, torch.zeros_like(grad))
+
+
+# The two pitfalls the package is built around.
+
+
+def test_pitfall_torch_sgd_is_not_bitwise_the_seed_update():
+    """``torch.optim.SGD`` computes ``p.add_(grad, alpha=-lr)``: it rounds differently and drifts."""
+    x, y, w1, w2 = seed_initial_tensors(0, 64, 1000, 100, 10)
+    _, expected_w1, _ = seed_loop(x, y, w1, w2, 1e-6, 500)
+    for foreach in (False, True):
+        p1, p2 = torch.nn.Parameter(w1.clone()), torch.nn.Parameter(w2.clone())
+        sgd = torch.optim.SGD([p1, p2], lr=1e-6, foreach=foreach)
+        for _ in range(500):
+            sum_squared_error(x.mm(p1).clamp(min=0).mm(p2), y).backward()
+            sgd.step()
+            sgd.zero_grad()
+        assert not torch.equal(p1.detach(), expected_w1), f"foreach={foreach}"
+        torch.testing.assert_close(p1.detach(), expected_w1, rtol=0, atol=1e-4)  # close, not equal
+
+
+class InlineUpdate(LitTwoLayerNet):
+    """The seed's update written inline in the training step, bypassing the optimizer."""
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = sum_squared_error(self(x), y)
+        self.manual_backward(loss)
+        with torch.no_grad():
+            for p in self.net.parameters():
+                p -= self.hparams.lr * p.grad
+                p.grad.zero_()
+        return loss
+
+
+def test_pitfall_inline_update_is_not_counted_as_a_step():
+    """Without ``opt.step()`` Lightning counts no update: ``global_step`` stays 0 and max_steps never stops it."""
+    generator = torch.Generator().manual_seed(0)
+    data = SyntheticRegressionData(8, 5, 2, generator=generator)
+    model = InlineUpdate(5, 4, 2, generator=generator)
+    trainer = fast_trainer("cpu", max_steps=3, max_time={"seconds": 1})  # max_time: it would never stop
+    trainer.fit(model, datamodule=data)
+    assert trainer.global_step == 0
+
+    package = LitTwoLayerNet(5, 4, 2)
+    counted = fast_trainer("cpu", max_steps=3)
+    counted.fit(package, datamodule=data)
+    assert counted.global_step == 3
