@@ -8,9 +8,9 @@ problem at once, one line each.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
@@ -55,7 +55,7 @@ class Config:
     seed: int = 0  # seeds the generator that draws x, y, w1, w2 in that order
     output_dir: str = "${hydra:runtime.output_dir}"  # where the run writes its files
     logger: str = "csv"  # csv | tensorboard | none
-    ckpt_path: Optional[str] = None  # resume from this checkpoint (a last.ckpt or step-N.ckpt)
+    ckpt_path: str | None = None  # resume from this checkpoint (a last.ckpt or step-N.ckpt)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

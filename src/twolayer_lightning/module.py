@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import lightning as L
 import torch
+from torchmetrics import ExplainedVariance, MeanSquaredError, MetricCollection, R2Score
 
 from twolayer_lightning.model import Activation, TwoLayerNet, sum_squared_error
 from twolayer_lightning.optim import InPlaceSGD
@@ -74,7 +76,17 @@ class LitTwoLayerNet(L.LightningModule):
         self.net = TwoLayerNet(in_features, hidden_features, out_features, activation=activation, generator=generator)
         self.losses: list[float] = []  # every step's loss of the current fit, in step order
         self.diverged_at: int | None = None  # the first step (the seed's t) whose loss was inf or nan
+        self.dead_units: float = math.nan  # share of hidden units dead at the last report, 0..1
         self._pending: list[torch.Tensor] = []  # losses not yet brought to the host
+        self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (x, y, y_pred) of the last update
+        # One metric object per stage. Train metrics are taken at each report on the batch just
+        # used (the whole training set when training is full batch), so steps between reports
+        # cost nothing; validation metrics cover the whole validation set.
+        metrics = MetricCollection(
+            {"mse": MeanSquaredError(), "r2": R2Score(), "explained_variance": ExplainedVariance()}
+        )
+        self.train_metrics = metrics.clone(prefix="train_")
+        self.val_metrics = metrics.clone(prefix="val_")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -95,10 +107,12 @@ class LitTwoLayerNet(L.LightningModule):
         if self.trainer.max_steps > 0:
             updates = min(updates, self.trainer.max_steps - start)
         for _ in range(updates):
-            loss = sum_squared_error(self(x), y)
+            y_pred = self(x)
+            loss = sum_squared_error(y_pred, y)
             self.manual_backward(loss)
             optimizer.step()  # the seed's `w -= lr * w.grad; w.grad.zero_()`, counted in global_step
             self._pending.append(loss.detach())
+        self._last = (x, y, y_pred.detach())
         every = self.trainer.log_every_n_steps
         if self.global_step // every > start // every or self.global_step >= self.trainer.max_steps:
             self._report()
@@ -108,6 +122,27 @@ class LitTwoLayerNet(L.LightningModule):
 
     def on_train_end(self) -> None:
         self._report()
+        self._warn_if_stalled()
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.val_metrics.update(self(x), y)
+
+    def on_validation_epoch_end(self) -> None:
+        values = {name: value.item() for name, value in self.val_metrics.compute().items()}
+        # The seed's loss, a sum of squares, over the whole validation set (val_mse is its mean).
+        values["val_loss"] = self.val_metrics["mse"].sum_squared_error.item()
+        self.val_metrics.reset()
+        if self.trainer.sanity_checking:
+            return
+        if self.logger is not None:
+            self.logger.log_metrics(values, step=self.global_step)
+        self.log_dict(values, logger=False)  # for checkpoint monitors (best by val_loss)
+        log.info("step %d  val_loss %r  val_r2 %.4f", self.global_step - 1, values["val_loss"], values["val_r2"])
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(x)
 
     @property
     def last_loss(self) -> float:
@@ -131,4 +166,37 @@ class LitTwoLayerNet(L.LightningModule):
                 self.logger.log_metrics({"train_loss": value}, step=first_t + i)
         self.losses.extend(pending)
         t = first_t + len(pending) - 1
+        extra = self._train_metrics()
+        if self.logger is not None and extra:
+            self.logger.log_metrics(extra, step=t)
         log.info("step %d  loss %r", t, pending[-1])
+
+    @torch.no_grad()
+    def _train_metrics(self) -> dict[str, float]:
+        """Metrics of the last update's batch, and the share of dead hidden units on it."""
+        if self._last is None:
+            return {}
+        x, y, y_pred = self._last
+        self.train_metrics.update(y_pred, y)
+        values = {name: value.item() for name, value in self.train_metrics.compute().items()}
+        self.train_metrics.reset()
+        # A unit is dead when its ReLU input is negative for every row: no gradient reaches it.
+        self.dead_units = (x.mm(self.net.w1) < 0).all(dim=0).float().mean().item()
+        values["dead_units"] = self.dead_units
+        return values
+
+    def _warn_if_stalled(self) -> None:
+        """Warn when the loss stopped moving while most hidden units are dead: a silent failure."""
+        window = max(len(self.losses) // 10, 1)
+        if self.diverged_at is not None or len(self.losses) < 2 * window or not self.dead_units > 0.5:
+            return
+        before, now = self.losses[-1 - window], self.losses[-1]
+        if abs(before - now) <= 0.01 * abs(before):
+            log.warning(
+                "training stalled: the loss moved less than 1%% over the last %d steps (now %r) with %.0f%% of "
+                "hidden units dead (ReLU input negative for every row); lr=%g is likely too large, try a smaller one",
+                window,
+                now,
+                100 * self.dead_units,
+                self.hparams.lr,
+            )

@@ -1,0 +1,239 @@
+"""The command line as a user types it: config composition, one-line errors, real runs and sweeps."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+from twolayer_lightning import ConfigError, TrainingDivergedError, run
+from twolayer_lightning.cli import main
+from twolayer_lightning.config import validate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "expected"),
+    [
+        ([], "optim.lr", 1e-6),
+        (["optim.lr=2e-6"], "optim.lr", 2e-6),
+        (["model.hidden_features=50"], "model.hidden_features", 50),
+        (["trainer.accelerator=auto", "trainer.devices=auto"], "trainer.devices", "auto"),
+        (["seed=0"], "seed", 0),
+        (["model.activation=function"], "model.activation", "function"),
+    ],
+)
+def test_config_composes_with_overrides(overrides, key, expected):
+    with initialize_config_module(config_module="twolayer_lightning.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    assert node == expected
+    validate(cfg, cuda_available=False)
+
+
+def test_default_config_is_the_seed():
+    with initialize_config_module(config_module="twolayer_lightning.conf", version_base="1.3"):
+        cfg = compose(config_name="config")
+    sizes = (cfg.data.num_samples, cfg.model.in_features, cfg.model.hidden_features, cfg.model.out_features)
+    assert sizes == (64, 1000, 100, 10)  # the seed's N, D_in, H, D_out
+    assert (cfg.optim.lr, cfg.trainer.max_steps, cfg.trainer.accelerator, cfg.seed) == (1e-6, 500, "cpu", 0)
+
+
+BAD_INPUTS = [
+    # (overrides, what the one line must contain)
+    (["optim.lrr=1"], ["unknown config key 'optim.lrr'", "optim.lr"]),
+    (["optim.lr=abc"], ["optim.lr", "'abc'", "Float"]),
+    (["optim.lr=0"], ["optim.lr=0.0", "> 0"]),
+    (["optim.lr=-1e-6"], ["optim.lr=-1e-06", "> 0"]),
+    (["model.hidden_features=0"], ["model.hidden_features=0", "> 0"]),
+    (["data.num_samples=-5"], ["data.num_samples=-5", "> 0"]),
+    (["trainer.max_steps=0"], ["trainer.max_steps=0", "> 0"]),
+    (["trainer.accelerator=tpu"], ["trainer.accelerator='tpu'", "cpu, gpu, auto"]),
+    (["trainer.precision=16-mixed"], ["trainer.precision='16-mixed'", "32-true"]),
+    (["model.activation=relu"], ["model.activation='relu'", "clamp, function"]),
+    (["ckpt_path=/nonexistent/last.ckpt"], ["ckpt_path='/nonexistent/last.ckpt'", "not a file"]),
+]
+if not torch.cuda.is_available():
+    BAD_INPUTS.append(
+        (["trainer.accelerator=gpu"], ["trainer.accelerator='gpu'", "no CUDA", "trainer.accelerator=cpu"])
+    )
+
+
+@pytest.mark.parametrize(("overrides", "fragments"), BAD_INPUTS, ids=lambda v: " ".join(v) if v and "=" in v[0] else "")
+def test_bad_input_gives_one_line_and_exit_2(overrides, fragments, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    monkeypatch.setattr(sys, "argv", ["train.py", *overrides, f"output_dir={out}"])
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert "Traceback" not in err
+    assert not out.exists()  # nothing written
+
+
+def test_several_problems_are_reported_together():
+    with initialize_config_module(config_module="twolayer_lightning.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["optim.lr=0", "trainer.max_steps=-1", "model.out_features=0"])
+    with pytest.raises(ConfigError) as info:
+        validate(cfg, cuda_available=False)
+    assert [p.split("=")[0] for p in info.value.problems] == ["model.out_features", "optim.lr", "trainer.max_steps"]
+
+
+def test_diverging_loss_stops_at_that_step_and_names_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["train.py", "optim.lr=1e-3", f"output_dir={tmp_path}"])
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "diverged"
+    assert metrics["global_step"] < 500  # stopped, not 500 steps of nan
+    losses = [float(row.split(",")[1]) for row in (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[1:]]
+    first_bad = next(t for t, loss in enumerate(losses) if not torch.isfinite(torch.tensor(loss)))
+    assert f"at step {first_bad} " in line
+    assert "optim.lr=0.001" in line
+    assert not (tmp_path / "last.ckpt").exists()
+
+
+def test_run_raises_for_bad_config_and_divergence(tmp_path):
+    with pytest.raises(ConfigError, match=r"optim\.lr"):
+        run(["optim.lr=0"], output_dir=tmp_path / "a")
+    with pytest.raises(TrainingDivergedError, match=r"optim\.lr=0\.001"):
+        run(["optim.lr=1e-3", "logger=none"], output_dir=tmp_path / "b")
+
+
+def test_finished_run_dir_is_not_overwritten(tmp_path):
+    run(["trainer.max_steps=2", "logger=none"], output_dir=tmp_path)
+    before = (tmp_path / "metrics.json").read_text()
+    with pytest.raises(ConfigError, match="already holds a finished run"):
+        run(["trainer.max_steps=3", "logger=none"], output_dir=tmp_path)
+    assert (tmp_path / "metrics.json").read_text() == before
+
+
+def test_run_leaves_no_global_state_behind(tmp_path, monkeypatch):
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    torch.set_float32_matmul_precision("high")
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    run(["trainer.max_steps=2", "logger=none"], output_dir=tmp_path)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.get_float32_matmul_precision() == "high"
+    assert "PL_GLOBAL_SEED" not in __import__("os").environ
+    torch.set_float32_matmul_precision("highest")
+
+
+def test_run_writes_metrics_checkpoint_and_per_step_csv(tmp_path):
+    metrics = run(["trainer.max_steps=30", "trainer.log_every_n_steps=7"], output_dir=tmp_path)
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk == metrics
+    for key in ("train_loss", "global_step", "seed", "lr", "accelerator", "fit_seconds"):
+        assert key in on_disk
+    assert (on_disk["global_step"], on_disk["accelerator"]) == (30, "cpu")
+    rows = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
+    steps = [int(row.split(",")[0]) for row in rows[1:]]
+    assert steps == list(range(30))  # every step, although the console reports every 7th
+    assert float(rows[-1].split(",")[1]) == metrics["train_loss"]
+    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 30
+
+
+def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
+    whole = run(
+        ["trainer.max_steps=50", "logger=none", "trainer.checkpoint_every_n_steps=20"], output_dir=tmp_path / "a"
+    )
+    resumed = run(
+        ["trainer.max_steps=50", "logger=none", f"ckpt_path={tmp_path / 'a' / 'checkpoints' / 'step-20.ckpt'}"],
+        output_dir=tmp_path / "b",
+    )
+    assert resumed["global_step"] == whole["global_step"] == 50
+    assert resumed["train_loss"] == whole["train_loss"]
+    a = torch.load(tmp_path / "a" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "last.ckpt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("updates_per_step", [1, 7, 64])
+def test_updates_per_step_keeps_steps_and_results_exact(tmp_path, updates_per_step):
+    """Several updates per Lightning step: the same arithmetic, global_step exact although 7 does not divide 50."""
+    baseline = run(["trainer.max_steps=50", "logger=none"], output_dir=tmp_path / "one")
+    grouped = run(
+        ["trainer.max_steps=50", "logger=none", f"trainer.updates_per_step={updates_per_step}"],
+        output_dir=tmp_path / "many",
+    )
+    assert grouped["global_step"] == 50
+    assert grouped["train_loss"] == baseline["train_loss"]
+
+
+@pytest.mark.slow
+def test_train_py_runs_from_the_shell(tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "train.py", "trainer.max_steps=20", "trainer.log_every_n_steps=5", f"output_dir={out}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    console = result.stdout + result.stderr
+    assert console.count(" loss ") >= 4  # the seed's `t loss` lines, every 5 steps
+    assert "done: 20 steps" in console
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["global_step"] == 20
+    assert (out / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_multirun_makes_one_dir_and_metrics_per_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "-m",
+            "optim.lr=1e-6,2e-6",
+            "model.hidden_features=50,100",
+            "trainer.max_steps=20",
+            "logger=none",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    jobs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
+    assert len(jobs) == 4
+    seen = {(m["lr"], m["hidden_features"]) for m in (json.loads((j / "metrics.json").read_text()) for j in jobs)}
+    assert seen == {(1e-6, 50), (1e-6, 100), (2e-6, 50), (2e-6, 100)}
+    # Jobs share one process; each must equal the same job run alone.
+    alone = run(
+        ["optim.lr=2e-6", "model.hidden_features=50", "trainer.max_steps=20", "logger=none"],
+        output_dir=tmp_path / "alone",
+    )
+    (job,) = [
+        j
+        for j in jobs
+        if json.loads((j / "metrics.json").read_text())["lr"] == 2e-6
+        and json.loads((j / "metrics.json").read_text())["hidden_features"] == 50
+    ]
+    assert json.loads((job / "metrics.json").read_text())["train_loss"] == alone["train_loss"]
