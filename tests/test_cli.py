@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -16,6 +17,12 @@ from twolayer_lightning.cli import main
 from twolayer_lightning.config import validate
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def read_csv_rows(path: Path) -> list[dict[str, str]]:
+    """The rows that carry a train_loss (Lightning's CSVLogger adds rows for other metrics)."""
+    with path.open(newline="") as f:
+        return [row for row in csv.DictReader(f) if row.get("train_loss")]
 
 
 @pytest.mark.parametrize(
@@ -105,7 +112,7 @@ def test_diverging_loss_stops_at_that_step_and_names_it(tmp_path, monkeypatch, c
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "diverged"
     assert metrics["global_step"] < 500  # stopped, not 500 steps of nan
-    losses = [float(row.split(",")[1]) for row in (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[1:]]
+    losses = [float(row["train_loss"]) for row in read_csv_rows(tmp_path / "csv" / "metrics.csv")]
     first_bad = next(t for t, loss in enumerate(losses) if not torch.isfinite(torch.tensor(loss)))
     assert f"at step {first_bad} " in line
     assert "optim.lr=0.001" in line
@@ -146,10 +153,14 @@ def test_run_writes_metrics_checkpoint_and_per_step_csv(tmp_path):
     for key in ("train_loss", "global_step", "seed", "lr", "accelerator", "fit_seconds"):
         assert key in on_disk
     assert (on_disk["global_step"], on_disk["accelerator"]) == (30, "cpu")
-    rows = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
-    steps = [int(row.split(",")[0]) for row in rows[1:]]
-    assert steps == list(range(30))  # every step, although the console reports every 7th
-    assert float(rows[-1].split(",")[1]) == metrics["train_loss"]
+    rows = read_csv_rows(tmp_path / "csv" / "metrics.csv")
+    assert [int(row["step"]) for row in rows] == list(range(30))  # every step; the console shows every 7th
+    assert float(rows[-1]["train_loss"]) == metrics["train_loss"]
+    reports = [row for row in rows if row["train_mse"]]
+    assert [int(row["step"]) for row in reports] == [6, 13, 20, 27, 29]  # every 7 updates, and the last
+    for row in reports:  # the seed's loss is a sum: MSE times N times D_out
+        assert float(row["train_mse"]) * 64 * 10 == pytest.approx(float(row["train_loss"]), rel=1e-5)
+        assert 0 <= float(row["dead_units"]) <= 1
     checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 30
 
@@ -186,7 +197,7 @@ def test_updates_per_step_keeps_steps_and_results_exact(tmp_path, updates_per_st
 def test_train_py_runs_from_the_shell(tmp_path):
     out = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "train.py", "trainer.max_steps=20", "trainer.log_every_n_steps=5", f"output_dir={out}"],
+        [sys.executable, "train.py", "trainer.max_steps=20", "trainer.log_every_n_steps=5", f"hydra.run.dir={out}"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -20,6 +20,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
@@ -28,8 +29,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from twolayer_lightning.config import Config, ConfigError, register_configs, validate
-from twolayer_lightning.data import SyntheticRegressionData
+from twolayer_lightning.data import DataError, FileRegressionData, SyntheticRegressionData
 from twolayer_lightning.module import LitTwoLayerNet
+from twolayer_lightning.report import plot_run
 
 log = logging.getLogger(__name__)
 
@@ -88,108 +90,188 @@ def _make_logger(kind: str, out: Path) -> Any:
     return False
 
 
+def _make_data(cfg: DictConfig, generator: torch.Generator) -> SyntheticRegressionData | FileRegressionData:
+    if cfg.data.kind == "synthetic":
+        return SyntheticRegressionData(
+            cfg.data.num_samples, cfg.model.in_features, cfg.model.out_features, generator=generator
+        )
+    data = FileRegressionData.from_files(
+        cfg.data.x_path,
+        cfg.data.y_path,
+        list(cfg.data.target_columns) or None,
+        val_fraction=cfg.data.val_fraction,
+        batch_size=cfg.data.batch_size,
+        shuffle=cfg.data.shuffle,
+        seed=cfg.seed,
+    )
+    problems = [
+        f"model.{key}={cfg.model[key]} does not match the data: it has {actual} ({what}); leave model.{key} "
+        "unset (data=files reads it from the data) or fix it"
+        for key, actual, what in (
+            ("in_features", data.in_features, "columns of x"),
+            ("out_features", data.out_features, "columns of y"),
+        )
+        if cfg.model[key] is not None and cfg.model[key] != actual
+    ]
+    if problems:
+        raise ConfigError(problems)
+    return data
+
+
+def _has_validation(data: SyntheticRegressionData | FileRegressionData) -> bool:
+    return isinstance(data, FileRegressionData) and len(data.val_indices) > 0
+
+
+def _make_trainer(cfg: DictConfig, out: Path, validation: bool) -> L.Trainer:
+    callbacks: list[L.Callback] = []
+    every = cfg.trainer.checkpoint_every_n_steps
+    if every:
+        callbacks.append(
+            L.pytorch.callbacks.ModelCheckpoint(
+                dirpath=out / "checkpoints",
+                filename="step-{step}",  # no "=": the path must pass as a Hydra override
+                auto_insert_metric_name=False,
+                every_n_train_steps=every,
+                save_top_k=-1,
+            )
+        )
+    if validation and cfg.mode == "train":
+        callbacks.append(
+            L.pytorch.callbacks.ModelCheckpoint(dirpath=out, filename="best", monitor="val_loss", mode="min")
+        )
+    return L.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        strategy=cfg.trainer.strategy,
+        num_nodes=cfg.trainer.num_nodes,
+        precision=cfg.trainer.precision,
+        max_steps=cfg.trainer.max_steps,
+        log_every_n_steps=cfg.trainer.log_every_n_steps,
+        # The full-batch loader never ends an epoch: validation counts training steps instead.
+        val_check_interval=cfg.trainer.val_every_n_steps if validation else None,
+        check_val_every_n_epoch=None,
+        limit_val_batches=None if validation else 0,
+        num_sanity_val_steps=0,
+        enable_progress_bar=cfg.trainer.enable_progress_bar,
+        logger=_make_logger(cfg.logger, out),
+        callbacks=callbacks,
+        enable_checkpointing=bool(callbacks),  # last.ckpt is saved after fit in any case
+        enable_model_summary=False,
+        default_root_dir=out,
+    )
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train the seed's network as the config says and write the run's files into ``cfg.output_dir``.
+    """Train (or validate, or predict with) the seed's network as the config says.
 
     With the default config this is the seed's section 三 script with ``torch.manual_seed(cfg.seed)``
     prepended, bit for bit: x, y, w1, w2 are drawn in that order from a generator seeded with
     ``cfg.seed``, and each of ``trainer.max_steps`` steps is the seed's update.
 
-    Writes ``metrics.json``, ``last.ckpt`` (the final state) and the logger's files (the per-step
-    loss in ``csv/metrics.csv`` by default).
+    Writes into ``cfg.output_dir``: ``metrics.json``, ``last.ckpt`` (the final state; ``best.ckpt``
+    too when there is validation data) and the logger's files (every step's loss in
+    ``csv/metrics.csv`` by default). ``mode=validate`` writes the validation metrics of
+    ``ckpt_path``; ``mode=predict`` writes ``predictions.npy``, one row per row of x.
 
     Args:
         cfg: a config composed from ``conf/config.yaml`` (see :func:`run` to compose one).
 
     Returns:
-        The metrics written to ``metrics.json``: ``train_loss`` (the loss of the last step, the
-        last number the seed prints), ``global_step``, ``seed``, ``lr``, ``accelerator``,
-        ``fit_seconds`` and the model sizes.
+        The metrics written to ``metrics.json``: ``status``, ``train_loss`` (the loss of the last
+        step, the last number the seed prints), ``global_step``, ``seed``, ``lr``, ``accelerator``,
+        ``fit_seconds``, the sizes, and the validation metrics when there are any.
 
     Raises:
-        ConfigError: a value is out of range or the output dir holds a finished run; nothing
-            has been written then.
+        ConfigError: a value is out of range, the data does not fit the model, or the output dir
+            holds a finished run; nothing has been written then.
+        DataError: a data file cannot be used; nothing has been written then.
         TrainingDivergedError: the loss became inf or nan; ``metrics.json`` records it.
     """
     validate(cfg)
     out = _output_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
     with _isolated_global_state():
         # One generator draws x, y, w1, w2 in the seed's order: the data first, then the weights.
         generator = torch.Generator().manual_seed(cfg.seed)
-        data = SyntheticRegressionData(
-            cfg.data.num_samples, cfg.model.in_features, cfg.model.out_features, generator=generator
-        )
-        model = LitTwoLayerNet(
-            cfg.model.in_features,
-            cfg.model.hidden_features,
-            cfg.model.out_features,
-            lr=cfg.optim.lr,
-            activation=cfg.model.activation,
-            generator=generator,
-            updates_per_step=cfg.trainer.updates_per_step,
-        )
-        every = cfg.trainer.checkpoint_every_n_steps
-        callbacks = []
-        if every:
-            callbacks.append(
-                L.pytorch.callbacks.ModelCheckpoint(
-                    dirpath=out / "checkpoints",
-                    filename="step-{step}",  # no "=": the path must pass as a Hydra override
-                    auto_insert_metric_name=False,
-                    every_n_train_steps=every,
-                    save_top_k=-1,
-                )
+        data = _make_data(cfg, generator)
+        validation = _has_validation(data)
+        if cfg.mode == "train":
+            model = LitTwoLayerNet(
+                data.x.shape[1],
+                cfg.model.hidden_features,
+                data.y.shape[1],
+                lr=cfg.optim.lr,
+                activation=cfg.model.activation,
+                generator=generator,
+                updates_per_step=cfg.trainer.updates_per_step,
             )
-        trainer = L.Trainer(
-            accelerator=cfg.trainer.accelerator,
-            devices=cfg.trainer.devices,
-            precision=cfg.trainer.precision,
-            max_steps=cfg.trainer.max_steps,
-            log_every_n_steps=cfg.trainer.log_every_n_steps,
-            enable_progress_bar=cfg.trainer.enable_progress_bar,
-            logger=_make_logger(cfg.logger, out),
-            callbacks=callbacks,
-            enable_checkpointing=bool(every),  # the final state is saved below in any case
-            enable_model_summary=False,
-            default_root_dir=out,
-        )
+        else:
+            model = _load_model(cfg.ckpt_path, data)
+        out.mkdir(parents=True, exist_ok=True)
+        trainer = _make_trainer(cfg, out, validation)
         started = time.perf_counter()
-        # weights_only: a checkpoint holds tensors and scalars only, so no pickled code is run.
-        trainer.fit(model, datamodule=data, ckpt_path=cfg.ckpt_path, weights_only=True)
-        fit_seconds = time.perf_counter() - started
-        if model.diverged_at is None:
-            trainer.save_checkpoint(out / CHECKPOINT_FILE, weights_only=False)  # full state: resumable
+        if cfg.mode == "train":
+            # weights_only: a checkpoint holds tensors and scalars only, so no pickled code is run.
+            trainer.fit(model, datamodule=data, ckpt_path=cfg.ckpt_path, weights_only=True)
+            if model.diverged_at is None:
+                trainer.save_checkpoint(out / CHECKPOINT_FILE, weights_only=False)  # full state: resumable
+        elif cfg.mode == "validate":
+            if not validation:
+                raise ConfigError(["mode='validate' needs validation rows: use data=files with data.val_fraction > 0"])
+            trainer.validate(model, datamodule=data, verbose=False)
+        else:
+            predictions = torch.cat(trainer.predict(model, datamodule=data))  # (N, D_out)
+            np.save(out / "predictions.npy", predictions.numpy())
+        seconds = time.perf_counter() - started
     metrics = {
         "status": "ok" if model.diverged_at is None else "diverged",
+        "mode": cfg.mode,
         "train_loss": model.last_loss,
         "global_step": trainer.global_step,
         "seed": cfg.seed,
-        "lr": cfg.optim.lr,
+        "lr": model.hparams.lr,
         "accelerator": trainer.accelerator.__class__.__name__.removesuffix("Accelerator").lower(),
-        "num_samples": cfg.data.num_samples,
-        "in_features": cfg.model.in_features,
-        "hidden_features": cfg.model.hidden_features,
-        "out_features": cfg.model.out_features,
-        "fit_seconds": fit_seconds,
+        "num_samples": len(data.x),
+        "in_features": model.hparams.in_features,
+        "hidden_features": model.hparams.hidden_features,
+        "out_features": model.hparams.out_features,
+        "fit_seconds": seconds,
+        **{k: v for k, v in trainer.callback_metrics.items() if k.startswith("val_")},
     }
+    metrics = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
     if trainer.is_global_zero:
-        # allow_nan: a diverged run records its inf/nan loss as JSON's Infinity/NaN.
+        # A diverged run records its inf/nan loss as JSON's Infinity/NaN.
         (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        if cfg.logger == "csv" and cfg.mode == "train":
+            plot_run(out)  # loss.png; without matplotlib, one warning line and no picture
     if model.diverged_at is not None:
         raise TrainingDivergedError(
             f"training diverged: the loss became {model.last_loss} at step {model.diverged_at} with "
             f"optim.lr={cfg.optim.lr:g} and stopped at step {trainer.global_step - 1}; use a smaller optim.lr "
             "(the seed's is 1e-6)"
         )
-    log.info(
-        "done: %d steps, final loss %r, %.2f s in fit, files in %s",
-        metrics["global_step"],
-        metrics["train_loss"],
-        fit_seconds,
-        out,
-    )
+    if trainer.is_global_zero:
+        log.info(
+            "done: %s, %d steps, final loss %r, %.2f s, files in %s",
+            cfg.mode,
+            metrics["global_step"],
+            metrics["train_loss"],
+            seconds,
+            out,
+        )
     return metrics
+
+
+def _load_model(ckpt_path: str, data: SyntheticRegressionData | FileRegressionData) -> LitTwoLayerNet:
+    model = LitTwoLayerNet.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
+    sizes = (model.hparams.in_features, model.hparams.out_features)
+    if sizes != (data.x.shape[1], data.y.shape[1]):
+        raise ConfigError(
+            [
+                f"ckpt_path={ckpt_path!r} holds a model for {sizes[0]} inputs and {sizes[1]} outputs, but the data "
+                f"has {data.x.shape[1]} and {data.y.shape[1]}; use the data the checkpoint was trained on"
+            ]
+        )
+    return model
 
 
 def run(overrides: Sequence[str] = (), output_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
@@ -217,10 +299,20 @@ def run(overrides: Sequence[str] = (), output_dir: str | os.PathLike[str] | None
 
 def _task(cfg: DictConfig) -> float:
     """The Hydra task: train, and return the objective (the final train loss) for sweepers."""
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    if multirun and cfg.trainer.strategy == "ddp":
+        # Lightning restarts the script for each DDP rank with the job's overrides, which a sweep's
+        # jobs cannot take (Lightning #15737, Hydra #2070); this ends the whole sweep with one line.
+        raise ConfigError(
+            [
+                "trainer.strategy='ddp' cannot run inside a -m sweep: run each DDP job as its own "
+                "`python train.py trainer=ddp ...`, or sweep with one process per job"
+            ]
+        )
     try:
         return train(cfg)["train_loss"]
-    except (ConfigError, TrainingDivergedError) as err:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+    except (ConfigError, DataError, TrainingDivergedError) as err:
+        if multirun:
             # In a sweep, one bad job must not end the others: log it, and give the sweeper nan.
             log.error("job failed: %s", describe_error(err))
             return math.nan
@@ -267,7 +359,7 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         _hydra_main()
-    except (ConfigError, TrainingDivergedError, HydraException, OmegaConfBaseException) as err:
+    except (ConfigError, DataError, TrainingDivergedError, HydraException, OmegaConfBaseException) as err:
         if full_error:
             raise
         print(describe_error(err), file=sys.stderr)

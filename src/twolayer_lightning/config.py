@@ -18,18 +18,30 @@ ACCELERATORS = ("cpu", "gpu", "auto")
 # Precisions the exact update can honour: the seed's float32, or float64 throughout.
 PRECISIONS = ("32-true", "32", "64-true", "64")
 LOGGERS = ("csv", "tensorboard", "none")
+STRATEGIES = ("auto", "ddp")
+
+
+DATA_KINDS = ("synthetic", "files")
+MODES = ("train", "validate", "predict")
 
 
 @dataclass
 class DataConfig:
-    num_samples: int = 64  # N: rows of x and y, all in one batch
+    kind: str = "synthetic"  # synthetic (the seed's randn data) | files (data=files)
+    num_samples: int = 64  # synthetic: N, rows of x and y
+    x_path: str | None = None  # files: x, or x and y together (.npy .npz .pt .csv)
+    y_path: str | None = None  # files: y; null when x_path holds both or target_columns names them
+    target_columns: list[str] = field(default_factory=list)  # files, one CSV: the y columns
+    val_fraction: float = 0.0  # files: share of rows held out for validation, [0, 1)
+    batch_size: int | None = None  # files: rows per step; null: all training rows (the seed's full batch)
+    shuffle: bool = True  # files: reshuffle mini-batches every epoch, seeded by `seed`
 
 
 @dataclass
 class ModelConfig:
-    in_features: int = 1000  # D_in
+    in_features: int | None = 1000  # D_in; null: read from the data (data=files)
     hidden_features: int = 100  # H
-    out_features: int = 10  # D_out
+    out_features: int | None = 10  # D_out; null: read from the data (data=files)
     activation: str = "clamp"  # clamp | function (the custom autograd Function)
 
 
@@ -44,14 +56,18 @@ class TrainerConfig:
     devices: Any = 1  # number of devices, or "auto"
     max_steps: int = 500  # number of updates
     log_every_n_steps: int = 10  # console line and logger flush every this many steps
+    strategy: str = "auto"  # auto | ddp
+    num_nodes: int = 1  # machines taking part (ddp)
     precision: str = "32-true"  # 32-true | 64-true; mixed precisions are refused
     enable_progress_bar: bool = False  # Lightning's progress bar
     updates_per_step: int = 1  # seed updates per Lightning training step (same arithmetic, less overhead)
     checkpoint_every_n_steps: int = 0  # also save checkpoints/step-N.ckpt every N updates; 0: only last.ckpt
+    val_every_n_steps: int = 50  # validate every this many training steps (when there is validation data)
 
 
 @dataclass
 class Config:
+    mode: str = "train"  # train | validate | predict (the last two need ckpt_path)
     seed: int = 0  # seeds the generator that draws x, y, w1, w2 in that order
     output_dir: str = "${hydra:runtime.output_dir}"  # where the run writes its files
     logger: str = "csv"  # csv | tensorboard | none
@@ -97,10 +113,26 @@ def validate(cfg: Any, cuda_available: bool | None = None) -> None:
 
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
         problems.append(f"seed={cfg.seed!r} is not allowed: use a whole number >= 0")
-    positive_int("data.num_samples", cfg.data.num_samples)
-    positive_int("model.in_features", cfg.model.in_features)
+    choice("mode", cfg.mode, MODES)
+    if cfg.mode != "train" and cfg.ckpt_path is None:
+        problems.append(f"mode={cfg.mode!r} needs a checkpoint: add ckpt_path=<run dir>/last.ckpt (or best.ckpt)")
+    data = cfg.data
+    choice("data.kind", data.kind, DATA_KINDS)
+    if data.kind == "synthetic":
+        positive_int("data.num_samples", data.num_samples)
+        for key in ("in_features", "out_features"):
+            if cfg.model[key] is None:
+                problems.append(f"model.{key}=None is not allowed with synthetic data: use a whole number > 0")
+    if data.kind == "files" and data.x_path is None:
+        problems.append("data.x_path=None is not allowed with data=files: give data.x_path=<file> (.npy .npz .pt .csv)")
+    if not isinstance(data.val_fraction, (int, float)) or not 0 <= data.val_fraction < 1:
+        problems.append(f"data.val_fraction={data.val_fraction!r} is not allowed: use a number in [0, 1)")
+    if data.batch_size is not None:
+        positive_int("data.batch_size", data.batch_size)
+    for key in ("in_features", "out_features"):
+        if cfg.model[key] is not None:
+            positive_int(f"model.{key}", cfg.model[key])
     positive_int("model.hidden_features", cfg.model.hidden_features)
-    positive_int("model.out_features", cfg.model.out_features)
     choice("model.activation", cfg.model.activation, ("clamp", "function"))
     lr = cfg.optim.lr
     if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
@@ -108,6 +140,7 @@ def validate(cfg: Any, cuda_available: bool | None = None) -> None:
     positive_int("trainer.max_steps", cfg.trainer.max_steps)
     positive_int("trainer.log_every_n_steps", cfg.trainer.log_every_n_steps)
     positive_int("trainer.updates_per_step", cfg.trainer.updates_per_step)
+    positive_int("trainer.val_every_n_steps", cfg.trainer.val_every_n_steps)
     every = cfg.trainer.checkpoint_every_n_steps
     if isinstance(every, bool) or not isinstance(every, int) or every < 0:
         problems.append(f"trainer.checkpoint_every_n_steps={every!r} is not allowed: use a whole number >= 0")
@@ -116,6 +149,13 @@ def validate(cfg: Any, cuda_available: bool | None = None) -> None:
     devices = cfg.trainer.devices
     if devices != "auto":
         positive_int("trainer.devices", devices)
+    positive_int("trainer.num_nodes", cfg.trainer.num_nodes)
+    choice("trainer.strategy", cfg.trainer.strategy, STRATEGIES)
+    if cfg.trainer.strategy == "ddp" and cfg.trainer.updates_per_step != 1:
+        problems.append(
+            f"trainer.updates_per_step={cfg.trainer.updates_per_step!r} is not allowed with trainer.strategy=ddp: "
+            "DDP syncs gradients once per forward of a training step; use trainer.updates_per_step=1"
+        )
     choice("logger", cfg.logger, LOGGERS)
     if str(cfg.trainer.precision) not in PRECISIONS:
         problems.append(

@@ -1,12 +1,19 @@
-"""The seed's synthetic regression data as a LightningDataModule (no Hydra)."""
+"""Data modules (no Hydra): the seed's synthetic regression data, and a user's own from files."""
 
 from __future__ import annotations
 
+import csv
 import itertools
-from collections.abc import Iterator
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 
 class SyntheticRegressionData(L.LightningDataModule):
@@ -51,6 +58,422 @@ class SyntheticRegressionData(L.LightningDataModule):
         self.y = torch.randn(num_samples, out_features, generator=generator, dtype=dtype)  # (N, D_out)
 
     def train_dataloader(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        # Every step sees the same full batch, so an endless repeat stands in for a DataLoader:
-        # no per-step indexing or collation, and no epoch boundary every step.
-        return itertools.repeat((self.x, self.y))
+        return _repeat_full_batch(self, self.x, self.y)
+
+    def predict_dataloader(self) -> DataLoader:
+        """x alone, as one batch."""
+        return DataLoader(self.x, batch_size=len(self.x))
+
+
+def _repeat_full_batch(
+    datamodule: L.LightningDataModule, x: torch.Tensor, y: torch.Tensor
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The full batch, or this process's shard of it, for every step.
+
+    Every step sees the same batch, so an endless repeat stands in for a DataLoader: no per-step
+    indexing or collation, and no epoch boundary every step. With W processes (DDP), rank r takes
+    the r-th of W fixed, contiguous row blocks; LitTwoLayerNet scales each rank's loss by W, so
+    DDP's averaged gradient is the full batch's.
+    """
+    trainer = datamodule.trainer
+    if trainer is not None and trainer.world_size > 1:
+        if len(x) < trainer.world_size:
+            raise ValueError(
+                f"{len(x)} training rows cannot be shared by {trainer.world_size} processes; "
+                "use at least one row per process (fewer trainer.devices)"
+            )
+        x = x.tensor_split(trainer.world_size)[trainer.global_rank]  # (about N / W, D_in)
+        y = y.tensor_split(trainer.world_size)[trainer.global_rank]  # (about N / W, D_out)
+    return itertools.repeat((x, y))
+
+
+# --- A user's own regression data, from files --------------------------------------------------
+
+SUFFIXES = (".npy", ".npz", ".pt", ".csv")
+
+
+class DataError(ValueError):
+    """A data file cannot be used. The one-line message names the file, what is wrong, the value seen and the fix."""
+
+
+def load_regression_arrays(
+    x_path: str | os.PathLike[str],
+    y_path: str | os.PathLike[str] | None = None,
+    target_columns: str | Sequence[str] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read inputs x and targets y for regression from ``.npy``, ``.npz``, ``.pt`` or ``.csv`` files.
+
+    Either two files (``x_path`` and ``y_path``, each one array: a ``.npy``, an ``.npz`` with one
+    array or arrays named ``x``/``y``, a ``.pt`` tensor or dict with ``x``/``y``, a CSV with a header
+    row whose every column is used), or one file holding both: an ``.npz`` or ``.pt`` dict with
+    ``x`` and ``y``, or a CSV whose ``target_columns`` are y (in the order given) and whose other
+    columns are x (in file order).
+
+    Args:
+        x_path: the file of x, or of x and y together.
+        y_path: the file of y; None when ``x_path`` holds both.
+        target_columns: with one CSV, the names of its y columns (a single name is fine).
+
+    Returns:
+        ``(x, y)``, float32 tensors of shape ``(N, D_in)`` and ``(N, D_out)``, rows in file order;
+        a 1-D array becomes one column.
+
+    Raises:
+        DataError: a file is missing, of an unsupported kind, unreadable, empty, not numeric,
+            holds nan or inf, is not 1-D or 2-D, names no such target column, or x and y
+            differ in rows.
+    """
+    if isinstance(target_columns, str):
+        target_columns = [target_columns]
+    x_path = Path(x_path)
+    if y_path is None:
+        (x, x_where, x_row), (y, y_where, y_row) = _read_pair(x_path, target_columns)
+    else:
+        if target_columns:
+            raise DataError(
+                f"{x_path}: target_columns={list(target_columns)} was given with y_path={str(y_path)!r}; "
+                "give y_path (two files) or target_columns (one CSV), not both"
+            )
+        x, x_where, x_row = _read_single(x_path, "x")
+        y, y_where, y_row = _read_single(Path(y_path), "y")
+    x = _checked_matrix(x, x_where, x_row)  # (N, D_in)
+    y = _checked_matrix(y, y_where, y_row)  # (N, D_out)
+    if len(x) != len(y):
+        raise DataError(
+            f"{x_where} has {len(x)} rows but {y_where} has {len(y)} rows; "
+            "x and y need one row per sample, in the same order"
+        )
+    return x, y
+
+
+class FileRegressionData(L.LightningDataModule):
+    """A user's x and y, split into training and validation rows, served whole or in mini-batches.
+
+    The split is seeded: ``ceil(val_fraction * N)`` rows drawn by ``torch.randperm`` from a generator
+    seeded with ``seed`` go to validation, the others to training; each part keeps file order. With
+    ``batch_size=None`` every training step sees the whole training set, as the seed's loop does;
+    otherwise a DataLoader serves mini-batches, reshuffled each epoch by a generator seeded with
+    ``seed``, so a given seed gives the same batches in every run.
+
+    Args:
+        x: inputs, ``(N, D_in)``.
+        y: targets, ``(N, D_out)``, one row per row of x.
+        val_fraction: the share of rows held out for validation, in [0, 1).
+        batch_size: rows per training step; None: all training rows every step.
+        shuffle: reshuffle mini-batches every epoch (ignored with ``batch_size=None``).
+        seed: seeds the split and the shuffling.
+
+    Raises:
+        ValueError: x or y is not a 2-D tensor, their rows differ, or an argument is out of range.
+
+    Example:
+        >>> x = torch.arange(12.0).reshape(6, 2)
+        >>> data = FileRegressionData(x, x.sum(1, keepdim=True), val_fraction=0.3, batch_size=2, seed=0)
+        >>> data.num_samples, data.in_features, data.out_features
+        (6, 2, 1)
+        >>> len(data.train_indices), len(data.val_indices)
+        (4, 2)
+        >>> [tuple(xb.shape) for xb, yb in data.train_dataloader()]
+        [(2, 2), (2, 2)]
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        val_fraction: float = 0.0,
+        batch_size: int | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, value in (("x", x), ("y", y)):
+            if not isinstance(value, torch.Tensor) or value.dim() != 2 or value.numel() == 0:
+                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise ValueError(
+                    f"FileRegressionData: {name} of shape {shape} is not allowed; give a non-empty 2-D tensor "
+                    f"(rows, columns), e.g. {name}.reshape(len({name}), -1)"
+                )
+        if len(x) != len(y):
+            raise ValueError(f"FileRegressionData: x has {len(x)} rows but y has {len(y)}; give one y row per x row")
+        if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
+            raise ValueError(
+                f"FileRegressionData: val_fraction={val_fraction!r} is not allowed; use a number in [0, 1)"
+            )
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0
+        ):
+            raise ValueError(
+                f"FileRegressionData: batch_size={batch_size!r} is not allowed; use an integer >= 1, "
+                "or None for the whole training set each step"
+            )
+        num_val = math.ceil(val_fraction * len(x))  # ceil: any val_fraction > 0 holds out at least one row
+        if num_val >= len(x):
+            raise ValueError(
+                f"FileRegressionData: val_fraction={val_fraction!r} of {len(x)} rows leaves no training row; "
+                f"use a val_fraction below {(len(x) - 1) / len(x):.3g}"
+            )
+        if num_val == 1:
+            raise ValueError(
+                f"FileRegressionData: val_fraction={val_fraction!r} of {len(x)} rows holds out 1 row; R2 and "
+                "explained variance need at least 2: use a larger val_fraction, or 0 for no validation"
+            )
+        self.x, self.y = x, y
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+        # Sorted: each part keeps file order, so val_fraction=0 trains on x itself, row for row.
+        self.val_indices = order[:num_val].sort().values  # file rows held out for validation
+        self.train_indices = order[num_val:].sort().values  # file rows trained on
+        self._train = (x[self.train_indices], y[self.train_indices])  # (N_train, D_in), (N_train, D_out)
+        self._val = (x[self.val_indices], y[self.val_indices])  # (N_val, D_in), (N_val, D_out)
+
+    @classmethod
+    def from_files(
+        cls,
+        x_path: str | os.PathLike[str],
+        y_path: str | os.PathLike[str] | None = None,
+        target_columns: str | Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> FileRegressionData:
+        """Read x and y with :func:`load_regression_arrays`; ``kwargs`` go to the constructor.
+
+        Raises:
+            DataError: a file cannot be used (see :func:`load_regression_arrays`).
+        """
+        return cls(*load_regression_arrays(x_path, y_path, target_columns), **kwargs)
+
+    @property
+    def num_samples(self) -> int:
+        """N, all rows (training and validation)."""
+        return self.x.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        """D_in, the columns of x: the model's ``in_features``."""
+        return self.x.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        """D_out, the columns of y: the model's ``out_features``."""
+        return self.y.shape[1]
+
+    def train_dataloader(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        if self.batch_size is None:
+            return _repeat_full_batch(self, *self._train)
+        # A fresh generator per call: each fit from the start replays the same sequence of epochs.
+        generator = torch.Generator().manual_seed(self.seed) if self.shuffle else None
+        return DataLoader(
+            TensorDataset(*self._train), batch_size=self.batch_size, shuffle=self.shuffle, generator=generator
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        if not len(self.val_indices):
+            return []  # no validation rows: Lightning runs no validation
+        return self._batches(*self._val)
+
+    def predict_dataloader(self) -> DataLoader:
+        """x alone, all rows in file order, so that ``trainer.predict`` returns one prediction per row."""
+        return self._batches(self.x)
+
+    def _batches(self, *tensors: torch.Tensor) -> DataLoader:
+        # A DataLoader even for one batch: Lightning reads a plain list or tuple as several loaders.
+        dataset = TensorDataset(*tensors) if len(tensors) > 1 else tensors[0]
+        return DataLoader(dataset, batch_size=self.batch_size or len(tensors[0]))
+
+
+# A loaded array, where it came from (for messages) and how to name its i-th row to the user.
+_Loaded = tuple[Any, str, Callable[[int], str]]
+
+
+def _row(i: int) -> str:
+    return f"row {i}"
+
+
+def _open(path: Path, role: str) -> Any:
+    """The file's content: an array, a tensor, a dict of either (``.npz``, ``.pt``) or a CSV table."""
+    if not path.is_file():
+        what = "is not a file" if path.exists() else "does not exist"
+        raise DataError(f"{path}: the {role} file {what} (resolved to {path.resolve()}); check the path")
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise DataError(f"{path}: unsupported file type {suffix or '(no suffix)'!r}; use one of {', '.join(SUFFIXES)}")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty (0 bytes); give a file with at least one row")
+    if suffix == ".csv":
+        return _read_csv(path)
+    try:
+        if suffix == ".pt":
+            # weights_only: a data file must not be able to run code when it is loaded.
+            content = torch.load(path, map_location="cpu", weights_only=True)
+        elif suffix == ".npy":
+            content = np.load(path, allow_pickle=False)  # no pickles, for the same reason
+        else:
+            with np.load(path, allow_pickle=False) as npz:  # read every array now, so the file is closed
+                content = {name: npz[name] for name in npz.files}
+    except Exception as err:  # numpy and torch raise many kinds for a corrupt or pickled file
+        reason = " ".join(str(err).split())[:200]
+        raise DataError(
+            f"{path}: cannot be read as a {suffix} file ({type(err).__name__}: {reason}); "
+            f"write it with {'torch.save(tensor, path)' if suffix == '.pt' else 'numpy.save/numpy.savez'}"
+        ) from None
+    if not isinstance(content, (np.ndarray, torch.Tensor, dict)):
+        raise DataError(f"{path}: holds a {type(content).__name__}; save an array, or a dict with arrays 'x' and 'y'")
+    return content
+
+
+def _read_single(path: Path, role: str) -> _Loaded:
+    content = _open(path, role)
+    if isinstance(content, _CsvTable):
+        return content.values, str(path), content.row
+    if isinstance(content, (np.ndarray, torch.Tensor)):
+        return content, str(path), _row
+    names = list(content)
+    if role in names:
+        return _member(content, role, path), f"{path}[{role!r}]", _row
+    if len(names) == 1:
+        return _member(content, names[0], path), str(path), _row
+    raise DataError(
+        f"{path}: holds {len(names)} entries {names} and none is named {role!r}; "
+        f"name the {role} array {role!r} or save a single array"
+    )
+
+
+def _read_pair(path: Path, target_columns: Sequence[str] | None) -> tuple[_Loaded, _Loaded]:
+    content = _open(path, "data")
+    if isinstance(content, _CsvTable):
+        if not target_columns:
+            raise DataError(
+                f"{path}: one CSV holds x and y only with target_columns; its columns are "
+                f"{', '.join(content.header)}; pass target_columns=[<y column names>] or give y_path"
+            )
+        unknown = [name for name in target_columns if name not in content.header]
+        if unknown:
+            raise DataError(
+                f"{path}: no column named {', '.join(map(repr, unknown))}; "
+                f"the columns are {', '.join(content.header)}; use these names in target_columns"
+            )
+        y_cols = [content.header.index(name) for name in target_columns]
+        x_cols = [j for j in range(len(content.header)) if j not in y_cols]
+        if not x_cols:
+            raise DataError(f"{path}: target_columns={list(target_columns)} leaves no x column; keep at least one")
+        return (
+            (content.values[:, x_cols], str(path), content.row),
+            (content.values[:, y_cols], f"{path} (target_columns)", content.row),
+        )
+    if target_columns:
+        raise DataError(f"{path}: target_columns={list(target_columns)} applies to a .csv only; drop it")
+    if isinstance(content, (np.ndarray, torch.Tensor)):
+        raise DataError(
+            f"{path}: holds one array of shape {tuple(content.shape)}; give y_path too, "
+            "or save x and y together (numpy.savez(path, x=x, y=y) or torch.save({'x': x, 'y': y}, path))"
+        )
+    names = list(content)
+    if "x" not in names or "y" not in names:
+        raise DataError(f"{path}: holds entries {names}, not both 'x' and 'y'; name the arrays x and y, or give y_path")
+    return (
+        (_member(content, "x", path), f"{path}['x']", _row),
+        (_member(content, "y", path), f"{path}['y']", _row),
+    )
+
+
+def _member(content: Any, name: str, path: Path) -> Any:
+    value = content[name]
+    if not isinstance(value, (np.ndarray, torch.Tensor)):
+        raise DataError(f"{path}: entry {name!r} is a {type(value).__name__}, not an array; save a tensor or array")
+    return value
+
+
+class _CsvTable:
+    """A CSV's header, its values (float64, one row per data line) and each row's line number."""
+
+    def __init__(self, header: list[str], values: np.ndarray, lines: list[int]) -> None:
+        self.header, self.values, self.lines = header, values, lines
+
+    def row(self, i: int) -> str:
+        return f"line {self.lines[i]}"
+
+
+def _read_csv(path: Path) -> _CsvTable:
+    rows: list[list[float]] = []
+    lines: list[int] = []
+    try:
+        # utf-8-sig: a byte-order mark (Excel writes one) would otherwise stick to the first column name.
+        with path.open(newline="", encoding="utf-8-sig") as file:
+            reader = csv.reader(file)
+            header = next((row for row in reader if any(cell.strip() for cell in row)), None)
+            if header is None:
+                raise DataError(f"{path}: the CSV has no header and no rows; give a header row, then data rows")
+            header = [name.strip() for name in header]
+            if all(_is_number(name) for name in header):
+                raise DataError(
+                    f"{path}: the first line {','.join(header)!r} is numbers, not column names; "
+                    "add a header row naming the columns"
+                )
+            if len(set(header)) < len(header):
+                repeated = sorted({name for name in header if header.count(name) > 1})
+                raise DataError(f"{path}: the header repeats column names {repeated}; give each column its own name")
+            for cells in reader:
+                if not any(cell.strip() for cell in cells):
+                    continue  # blank lines, e.g. at the end of the file
+                if len(cells) != len(header):
+                    raise DataError(
+                        f"{path}: line {reader.line_num} has {len(cells)} cells but the header has "
+                        f"{len(header)} columns; give every row one cell per column"
+                    )
+                values = []
+                for name, cell in zip(header, cells, strict=True):
+                    try:
+                        values.append(float(cell))
+                    except ValueError:
+                        raise DataError(
+                            f"{path}: line {reader.line_num}, column {name!r}: {cell!r} is not a number; "
+                            "fix or remove that row (every cell must be a number)"
+                        ) from None
+                rows.append(values)
+                lines.append(reader.line_num)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"{path}: cannot be read as a UTF-8 CSV ({err}); save it as CSV text") from None
+    if not rows:
+        raise DataError(f"{path}: the CSV has a header ({', '.join(header)}) but no data rows; add rows")
+    return _CsvTable(header, np.array(rows, dtype=np.float64).reshape(len(rows), len(header)), lines)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _checked_matrix(value: Any, where: str, row: Callable[[int], str]) -> torch.Tensor:
+    """``value`` as a float32 ``(N, D)`` tensor with N, D > 0 and no nan or inf."""
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "biuf":  # bool, int, uint, float
+            raise DataError(f"{where}: values of dtype {value.dtype} are not real numbers; save a numeric array")
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf: reported just below
+            tensor = torch.from_numpy(value.astype(np.float32))
+    elif value.is_complex():
+        raise DataError(f"{where}: values of dtype {value.dtype} are not real numbers; save a real tensor")
+    else:
+        tensor = value.detach().to("cpu", torch.float32)
+    if tensor.dim() == 0:
+        raise DataError(f"{where}: holds a single number, not rows; save one row per sample")
+    if tensor.dim() == 1:
+        tensor = tensor.unsqueeze(1)  # (N,) -> (N, 1): one feature or one target per row
+    if tensor.dim() > 2:
+        raise DataError(
+            f"{where}: has {tensor.dim()} dimensions, shape {tuple(tensor.shape)}; give (rows, columns), "
+            "e.g. a.reshape(len(a), -1)"
+        )
+    if tensor.shape[0] == 0 or tensor.shape[1] == 0:
+        raise DataError(f"{where}: has shape {tuple(tensor.shape)}, no rows or no columns; give at least one of each")
+    # Checked after the cast: a float64 value beyond float32's range becomes inf here.
+    bad = ~torch.isfinite(tensor)
+    if bad.any():
+        first = int(bad.any(dim=1).nonzero()[0])
+        raise DataError(
+            f"{where}: {int(bad.sum())} nan or inf values (as float32), the first in {row(first)}; "
+            "remove or fill those rows"
+        )
+    return tensor.contiguous()

@@ -106,10 +106,13 @@ class LitTwoLayerNet(L.LightningModule):
         updates = self.hparams.updates_per_step
         if self.trainer.max_steps > 0:
             updates = min(updates, self.trainer.max_steps - start)
+        world_size = self.trainer.world_size
         for _ in range(updates):
             y_pred = self(x)
-            loss = sum_squared_error(y_pred, y)
-            self.manual_backward(loss)
+            loss = sum_squared_error(y_pred, y)  # with several processes: the sum over this rank's rows
+            # DDP averages gradients over the W ranks; W times each rank's sum makes that average the
+            # full batch's gradient, the seed's. One process multiplies by nothing, to stay bitwise.
+            self.manual_backward(loss * world_size if world_size > 1 else loss)
             optimizer.step()  # the seed's `w -= lr * w.grad; w.grad.zero_()`, counted in global_step
             self._pending.append(loss.detach())
         self._last = (x, y, y_pred.detach())
@@ -131,14 +134,17 @@ class LitTwoLayerNet(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         values = {name: value.item() for name, value in self.val_metrics.compute().items()}
         # The seed's loss, a sum of squares, over the whole validation set (val_mse is its mean).
-        values["val_loss"] = self.val_metrics["mse"].sum_squared_error.item()
+        mse = self.val_metrics["mse"]
+        with mse.sync_context():  # all ranks' rows when there are several processes
+            values["val_loss"] = mse.sum_squared_error.item()
         self.val_metrics.reset()
         if self.trainer.sanity_checking:
             return
         if self.logger is not None:
             self.logger.log_metrics(values, step=self.global_step)
         self.log_dict(values, logger=False)  # for checkpoint monitors (best by val_loss)
-        log.info("step %d  val_loss %r  val_r2 %.4f", self.global_step - 1, values["val_loss"], values["val_r2"])
+        if self.trainer.is_global_zero:
+            log.info("step %d  val_loss %r  val_r2 %.4f", self.global_step - 1, values["val_loss"], values["val_r2"])
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
@@ -153,7 +159,10 @@ class LitTwoLayerNet(L.LightningModule):
         """Bring the pending losses to the host, log them, and stop at the first inf or nan."""
         if not self._pending:
             return
-        pending = torch.stack(self._pending).cpu().tolist()  # the one sync of the interval
+        pending = torch.stack(self._pending)
+        if self.trainer.world_size > 1:
+            pending = self.trainer.strategy.reduce(pending, reduce_op="sum")  # the full batch's loss
+        pending = pending.cpu().tolist()  # the one sync of the interval
         self._pending = []
         first_t = self.global_step - len(pending)  # the seed's t of pending[0]
         bad = next((i for i, value in enumerate(pending) if not math.isfinite(value)), None)
@@ -161,15 +170,17 @@ class LitTwoLayerNet(L.LightningModule):
             pending = pending[: bad + 1]
             self.diverged_at = first_t + bad
             self.trainer.should_stop = True
-        if self.logger is not None:
-            for i, value in enumerate(pending):
-                self.logger.log_metrics({"train_loss": value}, step=first_t + i)
         self.losses.extend(pending)
         t = first_t + len(pending) - 1
-        extra = self._train_metrics()
-        if self.logger is not None and extra:
-            self.logger.log_metrics(extra, step=t)
-        log.info("step %d  loss %r", t, pending[-1])
+        # The metrics of the last update's batch share the row of its loss in the logger.
+        extra = self._train_metrics() if bad is None else {}
+        if self.logger is not None:
+            for i, value in enumerate(pending):
+                self.logger.log_metrics(
+                    {"train_loss": value, **(extra if i == len(pending) - 1 else {})}, step=first_t + i
+                )
+        if self.trainer.is_global_zero:
+            log.info("step %d  loss %r", t, pending[-1])
 
     @torch.no_grad()
     def _train_metrics(self) -> dict[str, float]:
@@ -180,8 +191,12 @@ class LitTwoLayerNet(L.LightningModule):
         self.train_metrics.update(y_pred, y)
         values = {name: value.item() for name, value in self.train_metrics.compute().items()}
         self.train_metrics.reset()
-        # A unit is dead when its ReLU input is negative for every row: no gradient reaches it.
-        self.dead_units = (x.mm(self.net.w1) < 0).all(dim=0).float().mean().item()
+        # A unit is dead when its ReLU input is negative for every row (of every rank): no gradient
+        # reaches it.
+        live_rows = (x.mm(self.net.w1) >= 0).sum(dim=0)  # (H,)
+        if self.trainer.world_size > 1:
+            live_rows = self.trainer.strategy.reduce(live_rows, reduce_op="sum")
+        self.dead_units = (live_rows == 0).float().mean().item()
         values["dead_units"] = self.dead_units
         return values
 
@@ -191,7 +206,7 @@ class LitTwoLayerNet(L.LightningModule):
         if self.diverged_at is not None or len(self.losses) < 2 * window or not self.dead_units > 0.5:
             return
         before, now = self.losses[-1 - window], self.losses[-1]
-        if abs(before - now) <= 0.01 * abs(before):
+        if abs(before - now) <= 0.01 * abs(before) and self.trainer.is_global_zero:
             log.warning(
                 "training stalled: the loss moved less than 1%% over the last %d steps (now %r) with %.0f%% of "
                 "hidden units dead (ReLU input negative for every row); lr=%g is likely too large, try a smaller one",
