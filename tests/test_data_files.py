@@ -395,3 +395,29 @@ def test_loader_reads_sklearn_diabetes_exported_to_csv(tmp_path):
     assert tuple(y.shape) == (442, 1)
     torch.testing.assert_close(x, torch.from_numpy(bunch.data).float(), rtol=0, atol=0)
     torch.testing.assert_close(y, torch.from_numpy(bunch.target).float().unsqueeze(1), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ddp_ranks_split_the_single_process_mini_batches(shuffle, world_size):
+    """Each rank takes a block of every mini-batch one process would draw: together, the same batches."""
+    from types import SimpleNamespace
+
+    x = torch.arange(23.0).unsqueeze(1)  # row i holds i, so a batch names its rows
+    single = FileRegressionData(x, x, batch_size=5, shuffle=shuffle, seed=3)
+    ranks = []
+    for rank in range(world_size):
+        data = FileRegressionData(x, x, batch_size=5, shuffle=shuffle, seed=3)
+        data.trainer = SimpleNamespace(global_rank=rank, world_size=world_size)
+        ranks.append(data)
+    single_loader = single.train_dataloader()
+    rank_loaders = [data.train_dataloader() for data in ranks]
+    epochs = []
+    for _epoch in range(2):  # each epoch reshuffles, in step on every rank
+        expected = [xb.flatten().tolist() for xb, _ in single_loader]
+        per_rank = [[xb.flatten().tolist() for xb, _ in loader] for loader in rank_loaders]
+        assert all(len(batches) == len(expected) for batches in per_rank)
+        merged = [[row for part in parts for row in part] for parts in zip(*per_rank, strict=True)]
+        assert merged == expected
+        epochs.append(expected)
+    assert (epochs[0] != epochs[1]) == shuffle

@@ -152,6 +152,7 @@ def _make_trainer(cfg: DictConfig, out: Path, validation: bool) -> L.Trainer:
         check_val_every_n_epoch=None,
         limit_val_batches=None if validation else 0,
         num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # the data modules shard rows across processes themselves
         enable_progress_bar=cfg.trainer.enable_progress_bar,
         logger=_make_logger(cfg.logger, out),
         callbacks=callbacks,

@@ -13,7 +13,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 
 class SyntheticRegressionData(L.LightningDataModule):
@@ -63,6 +63,38 @@ class SyntheticRegressionData(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """x alone, as one batch."""
         return DataLoader(self.x, batch_size=len(self.x))
+
+
+def _rank_and_world_size(datamodule: L.LightningDataModule) -> tuple[int, int]:
+    trainer = datamodule.trainer
+    return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+
+class _ShardedBatches(Sampler[list[int]]):
+    """One process's share of the mini-batches a single process would draw.
+
+    The batches are those of ``DataLoader(shuffle=True, generator=generator)`` on one process (the
+    same seeded permutation per epoch, cut into batch_size rows); each is split into world_size
+    contiguous blocks and this rank takes its block. With LitTwoLayerNet's loss scaling, DDP's
+    averaged gradient is then the gradient of the whole mini-batch, as on one process.
+    """
+
+    def __init__(
+        self, num_rows: int, batch_size: int, generator: torch.Generator | None, rank: int, world_size: int
+    ) -> None:
+        self.num_rows, self.batch_size, self.generator = num_rows, batch_size, generator
+        self.rank, self.world_size = rank, world_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.generator is None:
+            order = torch.arange(self.num_rows)
+        else:
+            order = torch.randperm(self.num_rows, generator=self.generator)  # as RandomSampler draws it
+        for batch in order.split(self.batch_size):
+            yield batch.tensor_split(self.world_size)[self.rank].tolist()
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_rows / self.batch_size)
 
 
 def _repeat_full_batch(
@@ -262,6 +294,12 @@ class FileRegressionData(L.LightningDataModule):
             return _repeat_full_batch(self, *self._train)
         # A fresh generator per call: each fit from the start replays the same sequence of epochs.
         generator = torch.Generator().manual_seed(self.seed) if self.shuffle else None
+        rank, world_size = _rank_and_world_size(self)
+        if world_size > 1:
+            batches = _ShardedBatches(len(self.train_indices), self.batch_size, generator, rank, world_size)
+            # generator also goes to the DataLoader, which draws its base seed from it first, as the
+            # single-process DataLoader below does: that keeps the two permutations the same.
+            return DataLoader(TensorDataset(*self._train), batch_sampler=batches, generator=generator)
         return DataLoader(
             TensorDataset(*self._train), batch_size=self.batch_size, shuffle=self.shuffle, generator=generator
         )
@@ -269,7 +307,9 @@ class FileRegressionData(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         if not len(self.val_indices):
             return []  # no validation rows: Lightning runs no validation
-        return self._batches(*self._val)
+        # Several processes: each validates its own block of rows; the metrics add them up.
+        rank, world_size = _rank_and_world_size(self)
+        return self._batches(*(part.tensor_split(world_size)[rank] for part in self._val))
 
     def predict_dataloader(self) -> DataLoader:
         """x alone, all rows in file order, so that ``trainer.predict`` returns one prediction per row."""
