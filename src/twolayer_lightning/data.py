@@ -13,7 +13,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, SequentialSampler, TensorDataset
 
 
 class SyntheticRegressionData(L.LightningDataModule):
@@ -71,30 +71,22 @@ def _rank_and_world_size(datamodule: L.LightningDataModule) -> tuple[int, int]:
 
 
 class _ShardedBatches(Sampler[list[int]]):
-    """One process's share of the mini-batches a single process would draw.
+    """This process's block of each mini-batch that ``batches`` (the single-process batches) yields.
 
-    The batches are those of ``DataLoader(shuffle=True, generator=generator)`` on one process (the
-    same seeded permutation per epoch, cut into batch_size rows); each is split into world_size
-    contiguous blocks and this rank takes its block. With LitTwoLayerNet's loss scaling, DDP's
-    averaged gradient is then the gradient of the whole mini-batch, as on one process.
+    Each batch is split into world_size contiguous blocks and this rank takes its block. With
+    LitTwoLayerNet's loss scaling, DDP's averaged gradient is then the whole mini-batch's gradient,
+    as on one process.
     """
 
-    def __init__(
-        self, num_rows: int, batch_size: int, generator: torch.Generator | None, rank: int, world_size: int
-    ) -> None:
-        self.num_rows, self.batch_size, self.generator = num_rows, batch_size, generator
-        self.rank, self.world_size = rank, world_size
+    def __init__(self, batches: BatchSampler, rank: int, world_size: int) -> None:
+        self.batches, self.rank, self.world_size = batches, rank, world_size
 
     def __iter__(self) -> Iterator[list[int]]:
-        if self.generator is None:
-            order = torch.arange(self.num_rows)
-        else:
-            order = torch.randperm(self.num_rows, generator=self.generator)  # as RandomSampler draws it
-        for batch in order.split(self.batch_size):
-            yield batch.tensor_split(self.world_size)[self.rank].tolist()
+        for batch in self.batches:
+            yield torch.tensor(batch).tensor_split(self.world_size)[self.rank].tolist()
 
     def __len__(self) -> int:
-        return math.ceil(self.num_rows / self.batch_size)
+        return len(self.batches)
 
 
 def _repeat_full_batch(
@@ -296,9 +288,11 @@ class FileRegressionData(L.LightningDataModule):
         generator = torch.Generator().manual_seed(self.seed) if self.shuffle else None
         rank, world_size = _rank_and_world_size(self)
         if world_size > 1:
-            batches = _ShardedBatches(len(self.train_indices), self.batch_size, generator, rank, world_size)
-            # generator also goes to the DataLoader, which draws its base seed from it first, as the
-            # single-process DataLoader below does: that keeps the two permutations the same.
+            # The very samplers the single-process DataLoader below builds, drawing from the same
+            # generator (the DataLoader draws its base seed from it too): the same batches, split.
+            rows = range(len(self.train_indices))
+            order = RandomSampler(rows, generator=generator) if self.shuffle else SequentialSampler(rows)
+            batches = _ShardedBatches(BatchSampler(order, self.batch_size, drop_last=False), rank, world_size)
             return DataLoader(TensorDataset(*self._train), batch_sampler=batches, generator=generator)
         return DataLoader(
             TensorDataset(*self._train), batch_size=self.batch_size, shuffle=self.shuffle, generator=generator
