@@ -53,19 +53,30 @@ class InPlaceSGD(torch.optim.Optimizer):
             # Lightning passes a closure that runs its before-step hooks; it needs autograd on.
             with torch.enable_grad():
                 loss = closure()
+        # Check every parameter before touching any, so a failed step leaves all weights as they were.
+        missing = [
+            name
+            for group in self.param_groups
+            for name, p in zip(_names(group), group["params"], strict=True)
+            if p.grad is None
+        ]
+        if missing:
+            raise RuntimeError(
+                f"InPlaceSGD: parameter(s) {', '.join(map(repr, missing))} have no gradient (.grad is None). Call "
+                "backward() on a loss that uses them before step(). Update weights in place (`w -= lr * w.grad` "
+                "under torch.no_grad()): `w = w - lr * w.grad` rebinds the name to a new tensor whose .grad is "
+                "None (a leaf with requires_grad=False inside no_grad, a non-leaf outside), and the optimizer "
+                "keeps updating the old one"
+            )
         for group in self.param_groups:
             lr = group["lr"]
-            names = group.get("param_names") or [f"#{i}" for i in range(len(group["params"]))]
-            for name, p in zip(names, group["params"], strict=True):
-                if p.grad is None:
-                    raise RuntimeError(
-                        f"InPlaceSGD: parameter {name!r} has no gradient (.grad is None). Call "
-                        "backward() on a loss that uses it before step(). Update weights in place "
-                        "(`w -= lr * w.grad` under torch.no_grad()): `w = w - lr * w.grad` rebinds the "
-                        "name to a new non-leaf tensor whose .grad is None, and the optimizer keeps "
-                        "updating the old one"
-                    )
+            for p in group["params"]:
                 # The seed's update, written the same way so that it rounds the same way.
                 p -= lr * p.grad
                 p.grad.zero_()
         return loss
+
+
+def _names(group: dict[str, Any]) -> list[str]:
+    """The parameters' names when the optimizer was given named_parameters(), else their positions."""
+    return group.get("param_names") or [f"#{i}" for i in range(len(group["params"]))]
