@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from twolayer_lightning import LitTwoLayerNet
+from twolayer_lightning import LitTwoLayerNet, run
 from twolayer_lightning.data import DataError, FileRegressionData, load_regression_arrays
 
 
@@ -395,6 +395,51 @@ def test_loader_reads_sklearn_diabetes_exported_to_csv(tmp_path):
     assert tuple(y.shape) == (442, 1)
     torch.testing.assert_close(x, torch.from_numpy(bunch.data).float(), rtol=0, atol=0)
     torch.testing.assert_close(y, torch.from_numpy(bunch.target).float().unsqueeze(1), rtol=0, atol=0)
+
+
+def test_training_on_diabetes_predicts_held_out_rows_better_than_their_mean(tmp_path):
+    """The whole user path on real data: a CSV, a seeded 20% hold-out, validation R2 above zero.
+
+    The features and the target are standardised first, as a user would for a net without bias
+    terms. Measured on a 2-core CPU: val_r2 0.23 after 1000 steps at lr 1e-5 with 20 hidden units.
+    """
+    datasets = pytest.importorskip("sklearn.datasets")
+    x, y = datasets.load_diabetes(return_X_y=True)
+    x = (x - x.mean(0)) / x.std(0)
+    y = (y - y.mean()) / y.std()
+    names = [f"x{i}" for i in range(x.shape[1])]
+    path = write_csv(
+        tmp_path / "diabetes.csv", [*names, "target"], [[*r, t] for r, t in zip(x.tolist(), y.tolist(), strict=True)]
+    )
+    metrics = run(
+        [
+            "data=files",
+            f"data.x_path={path}",
+            "data.target_columns=[target]",
+            "data.val_fraction=0.2",
+            "model.hidden_features=20",
+            "optim.lr=1e-5",
+            "trainer.max_steps=1000",
+            "trainer.val_every_n_steps=250",
+        ],
+        output_dir=tmp_path / "run",
+    )
+    assert (metrics["in_features"], metrics["out_features"], metrics["num_samples"]) == (10, 1, 442)
+    assert metrics["val_r2"] > 0.1
+    assert (tmp_path / "run" / "best.ckpt").is_file()
+    predicted = run(
+        [
+            "data=files",
+            f"data.x_path={path}",
+            "data.target_columns=[target]",
+            "data.val_fraction=0.2",
+            "mode=predict",
+            f"ckpt_path={tmp_path / 'run' / 'best.ckpt'}",
+        ],
+        output_dir=tmp_path / "predict",
+    )
+    assert predicted["mode"] == "predict"
+    assert np.load(tmp_path / "predict" / "predictions.npy").shape == (442, 1)
 
 
 @pytest.mark.parametrize("shuffle", [True, False])
