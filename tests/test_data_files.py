@@ -426,7 +426,7 @@ def test_training_on_diabetes_predicts_held_out_rows_better_than_their_mean(tmp_
     )
     assert (metrics["in_features"], metrics["out_features"], metrics["num_samples"]) == (10, 1, 442)
     assert metrics["val_r2"] > 0.1
-    assert (tmp_path / "run" / "best.ckpt").is_file()
+    assert (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()
     predicted = run(
         [
             "data=files",
@@ -434,7 +434,7 @@ def test_training_on_diabetes_predicts_held_out_rows_better_than_their_mean(tmp_
             "data.target_columns=[target]",
             "data.val_fraction=0.2",
             "mode=predict",
-            f"ckpt_path={tmp_path / 'run' / 'best.ckpt'}",
+            f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'best.ckpt'}",
         ],
         output_dir=tmp_path / "predict",
     )

@@ -137,7 +137,9 @@ def _make_trainer(cfg: DictConfig, out: Path, validation: bool) -> L.Trainer:
         )
     if validation and cfg.mode == "train":
         callbacks.append(
-            L.pytorch.callbacks.ModelCheckpoint(dirpath=out, filename="best", monitor="val_loss", mode="min")
+            L.pytorch.callbacks.ModelCheckpoint(
+                dirpath=out / "checkpoints", filename="best", monitor="val_loss", mode="min"
+            )
         )
     return L.Trainer(
         accelerator=cfg.trainer.accelerator,
@@ -169,7 +171,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     prepended, bit for bit: x, y, w1, w2 are drawn in that order from a generator seeded with
     ``cfg.seed``, and each of ``trainer.max_steps`` steps is the seed's update.
 
-    Writes into ``cfg.output_dir``: ``metrics.json``, ``last.ckpt`` (the final state; ``best.ckpt``
+    Writes into ``cfg.output_dir``: ``metrics.json``, ``last.ckpt`` (the final state; ``checkpoints/best.ckpt``
     too when there is validation data) and the logger's files (every step's loss in
     ``csv/metrics.csv`` by default). ``mode=validate`` writes the validation metrics of
     ``ckpt_path``; ``mode=predict`` writes ``predictions.npy``, one row per row of x.
@@ -299,7 +301,11 @@ def run(overrides: Sequence[str] = (), output_dir: str | os.PathLike[str] | None
 
 
 def _task(cfg: DictConfig) -> float:
-    """The Hydra task: train, and return the objective (the final train loss) for sweepers."""
+    """The Hydra task: train, and return the objective for sweepers.
+
+    The objective is the validation loss when the data has validation rows, else the final train
+    loss; nan for a job that failed or diverged.
+    """
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     if multirun and cfg.trainer.strategy == "ddp":
         # Lightning restarts the script for each DDP rank with the job's overrides, which a sweep's
@@ -311,7 +317,8 @@ def _task(cfg: DictConfig) -> float:
             ]
         )
     try:
-        return train(cfg)["train_loss"]
+        metrics = train(cfg)
+        return metrics.get("val_loss", metrics["train_loss"])
     except (ConfigError, DataError, TrainingDivergedError) as err:
         if multirun:
             # In a sweep, one bad job must not end the others: log it, and give the sweeper nan.

@@ -115,7 +115,9 @@ def validate(cfg: Any, cuda_available: bool | None = None) -> None:
         problems.append(f"seed={cfg.seed!r} is not allowed: use a whole number >= 0")
     choice("mode", cfg.mode, MODES)
     if cfg.mode != "train" and cfg.ckpt_path is None:
-        problems.append(f"mode={cfg.mode!r} needs a checkpoint: add ckpt_path=<run dir>/last.ckpt (or best.ckpt)")
+        problems.append(
+            f"mode={cfg.mode!r} needs a checkpoint: add ckpt_path=<run dir>/last.ckpt (or checkpoints/best.ckpt)"
+        )
     data = cfg.data
     choice("data.kind", data.kind, DATA_KINDS)
     if data.kind == "synthetic":

@@ -1,0 +1,66 @@
+"""Sweeps beyond the basic launcher: the Optuna preset, parallel jobs with joblib, submitit's local executor.
+
+Each runs tiny jobs through `python train.py -m` as a user would, and reads the sweep's own
+summary (summary.csv, written by the SweepSummary callback in conf/config.yaml).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sweep(tmp_path: Path, *overrides: str) -> list[dict[str, str]]:
+    result = subprocess.run(
+        [sys.executable, "train.py", "-m", *overrides, f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with (tmp_path / "sweep" / "summary.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_optuna_preset_searches_lr_and_hidden_size_on_validation_loss(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((60, 4))
+    np.savez(tmp_path / "data.npz", x=x, y=x @ rng.standard_normal((4, 2)))
+    rows = sweep(
+        tmp_path,
+        "hparams_search=lr_hidden",
+        "hydra.sweeper.n_trials=3",
+        "data=files",
+        f"data.x_path={tmp_path / 'data.npz'}",
+        "data.val_fraction=0.25",
+        "trainer.max_steps=20",
+        "trainer.val_every_n_steps=10",
+    )
+    assert len(rows) == 3
+    val_losses = [float(row["val_loss"]) for row in rows]
+    assert val_losses == sorted(val_losses)  # the summary is sorted by the objective
+    best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(val_losses[0])  # Optuna minimised what train() returned
+    assert set(best["best_params"]) == {"optim.lr", "model.hidden_features"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_parallel_launchers_run_each_job_in_its_own_dir(tmp_path, launcher):
+    pytest.importorskip(f"hydra_plugins.hydra_{launcher.split('_')[0]}_launcher")
+    rows = sweep(tmp_path, f"hydra/launcher={launcher}", "seed=0,1", "trainer.max_steps=5", "logger=none")
+    assert [row["status"] for row in rows] == ["ok", "ok"]
+    seeds = sorted(json.loads((tmp_path / "sweep" / row["dir"] / "metrics.json").read_text())["seed"] for row in rows)
+    assert seeds == [0, 1]
