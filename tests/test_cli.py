@@ -166,19 +166,23 @@ def test_run_writes_metrics_checkpoint_and_per_step_csv(tmp_path):
 
 
 def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
-    whole = run(
-        ["trainer.max_steps=50", "logger=none", "trainer.checkpoint_every_n_steps=20"], output_dir=tmp_path / "a"
-    )
-    resumed = run(
-        ["trainer.max_steps=50", "logger=none", f"ckpt_path={tmp_path / 'a' / 'checkpoints' / 'step-20.ckpt'}"],
-        output_dir=tmp_path / "b",
-    )
-    assert resumed["global_step"] == whole["global_step"] == 50
+    whole = run(["logger=none", "trainer.checkpoint_every_n_steps=200"], output_dir=tmp_path / "a")
+    step_200 = tmp_path / "a" / "checkpoints" / "step-200.ckpt"
+    assert torch.load(step_200, weights_only=True)["global_step"] == 200
+    resumed = run(["logger=none", f"ckpt_path={step_200}"], output_dir=tmp_path / "b")
+    assert resumed["global_step"] == whole["global_step"] == 500
     assert resumed["train_loss"] == whole["train_loss"]
     a = torch.load(tmp_path / "a" / "last.ckpt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "b" / "last.ckpt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_with_another_model_is_refused(tmp_path):
+    run(["logger=none", "trainer.max_steps=2"], output_dir=tmp_path / "a")
+    with pytest.raises(ConfigError, match=r"model\.hidden_features=50 differs"):
+        run(["model.hidden_features=50", f"ckpt_path={tmp_path / 'a' / 'last.ckpt'}"], output_dir=tmp_path / "b")
+    assert not (tmp_path / "b").exists()
 
 
 @pytest.mark.parametrize("updates_per_step", [1, 7, 64])

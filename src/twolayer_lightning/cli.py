@@ -155,7 +155,10 @@ def _make_trainer(cfg: DictConfig, out: Path, validation: bool) -> L.Trainer:
         limit_val_batches=None if validation else 0,
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # the data modules shard rows across processes themselves
-        enable_progress_bar=cfg.trainer.enable_progress_bar,
+        # In a terminal, a bar; in a log file or CI, only the periodic `step t  loss` lines.
+        enable_progress_bar=sys.stdout.isatty()
+        if cfg.trainer.enable_progress_bar is None
+        else cfg.trainer.enable_progress_bar,
         logger=_make_logger(cfg.logger, out),
         callbacks=callbacks,
         enable_checkpointing=bool(callbacks),  # last.ckpt is saved after fit in any case
@@ -198,6 +201,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         data = _make_data(cfg, generator)
         validation = _has_validation(data)
         if cfg.mode == "train":
+            if cfg.ckpt_path is not None:
+                _check_resumable(cfg, data)
             model = LitTwoLayerNet(
                 data.x.shape[1],
                 cfg.model.hidden_features,
@@ -262,6 +267,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             out,
         )
     return metrics
+
+
+def _check_resumable(cfg: DictConfig, data: SyntheticRegressionData | FileRegressionData) -> None:
+    """Refuse a checkpoint whose model differs from the one the config builds, naming the keys."""
+    saved = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+    wanted = {
+        "in_features": data.x.shape[1],
+        "hidden_features": cfg.model.hidden_features,
+        "out_features": data.y.shape[1],
+        "activation": cfg.model.activation,
+    }
+    problems = [
+        f"model.{key}={value!r} differs from ckpt_path={cfg.ckpt_path!r}, which was trained with {saved[key]!r}; "
+        "resume with the config the checkpoint was trained with"
+        for key, value in wanted.items()
+        if key in saved and saved[key] != value
+    ]
+    if problems:
+        raise ConfigError(problems)
 
 
 def _load_model(ckpt_path: str, data: SyntheticRegressionData | FileRegressionData) -> LitTwoLayerNet:

@@ -59,7 +59,7 @@ class TrainerConfig:
     strategy: str = "auto"  # auto | ddp
     num_nodes: int = 1  # machines taking part (ddp)
     precision: str = "32-true"  # 32-true | 64-true; mixed precisions are refused
-    enable_progress_bar: bool = False  # Lightning's progress bar
+    enable_progress_bar: bool | None = None  # Lightning's progress bar; None: only when stdout is a terminal
     updates_per_step: int = 1  # seed updates per Lightning training step (same arithmetic, less overhead)
     checkpoint_every_n_steps: int = 0  # also save checkpoints/step-N.ckpt every N updates; 0: only last.ckpt
     val_every_n_steps: int = 50  # validate every this many training steps (when there is validation data)
