@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +70,8 @@ BAD_INPUTS = [
     (["model.activation=relu"], ["model.activation='relu'", "clamp, function"]),
     (["ckpt_path=/nonexistent/last.ckpt"], ["ckpt_path='/nonexistent/last.ckpt'", "not a file"]),
 ]
+if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
+    BAD_INPUTS.append((["logger=tensorboard"], ["logger='tensorboard'", "twolayer-lightning[tensorboard]"]))
 if not torch.cuda.is_available():
     BAD_INPUTS.append(
         (["trainer.accelerator=gpu"], ["trainer.accelerator='gpu'", "no CUDA", "trainer.accelerator=cpu"])
@@ -142,8 +146,14 @@ def test_run_leaves_no_global_state_behind(tmp_path, monkeypatch):
     run(["trainer.max_steps=2", "logger=none"], output_dir=tmp_path)
     assert torch.equal(torch.get_rng_state(), state)
     assert torch.get_float32_matmul_precision() == "high"
-    assert "PL_GLOBAL_SEED" not in __import__("os").environ
+    assert "PL_GLOBAL_SEED" not in os.environ
     torch.set_float32_matmul_precision("highest")
+
+
+def test_tensorboard_logger_writes_event_files(tmp_path):
+    pytest.importorskip("tensorboard")
+    run(["trainer.max_steps=3", "logger=tensorboard"], output_dir=tmp_path)
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_run_writes_metrics_checkpoint_and_per_step_csv(tmp_path):

@@ -7,6 +7,7 @@ problem at once, one line each.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,6 +160,11 @@ def validate(cfg: Any, cuda_available: bool | None = None) -> None:
             "DDP syncs gradients once per forward of a training step; use trainer.updates_per_step=1"
         )
     choice("logger", cfg.logger, LOGGERS)
+    if cfg.logger == "tensorboard" and not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
+        problems.append(
+            "logger='tensorboard' needs the tensorboard package: pip install 'twolayer-lightning[tensorboard]', "
+            "or use logger=csv"
+        )
     if str(cfg.trainer.precision) not in PRECISIONS:
         problems.append(
             f"trainer.precision={cfg.trainer.precision!r} is not allowed: the exact update needs full "
