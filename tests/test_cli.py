@@ -262,3 +262,35 @@ def test_multirun_makes_one_dir_and_metrics_per_job(tmp_path):
         and json.loads((j / "metrics.json").read_text())["hidden_features"] == 50
     ]
     assert json.loads((job / "metrics.json").read_text())["train_loss"] == alone["train_loss"]
+
+
+@pytest.mark.slow
+def test_installed_wheel_runs_with_packaged_configs_from_any_folder(tmp_path):
+    """A non-editable install: `python -m twolayer_lightning` finds the configs inside the package."""
+    wheels, site, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    pip = [sys.executable, "-m", "pip", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(ROOT)], check=True, timeout=600)
+    (wheel,) = wheels.glob("twolayer_lightning-*.whl")
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True, timeout=600)
+    env = {**os.environ, "PYTHONPATH": str(site)}  # ahead of the editable checkout on sys.path
+    result = subprocess.run(
+        [sys.executable, "-c", "import twolayer_lightning; print(twolayer_lightning.__file__)"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.startswith(str(site))
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "twolayer_lightning", "trainer.max_steps=3", f"hydra.run.dir={out}"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "metrics.json").read_text())["global_step"] == 3
