@@ -220,7 +220,7 @@ def test_train_py_runs_from_the_shell(tmp_path):
     assert result.returncode == 0, result.stderr
     console = result.stdout + result.stderr
     assert console.count(" loss ") >= 4  # the seed's `t loss` lines, every 5 steps
-    assert "done: 20 steps" in console
+    assert "done: train, 20 steps" in console
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["global_step"] == 20
     assert (out / "last.ckpt").is_file()
