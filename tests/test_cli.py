@@ -170,9 +170,23 @@ def test_run_writes_metrics_checkpoint_and_per_step_csv(tmp_path):
     assert [int(row["step"]) for row in reports] == [6, 13, 20, 27, 29]  # every 7 updates, and the last
     for row in reports:  # the seed's loss is a sum: MSE times N times D_out
         assert float(row["train_mse"]) * 64 * 10 == pytest.approx(float(row["train_loss"]), rel=1e-5)
-        assert 0 <= float(row["dead_units"]) <= 1
+    assert 0 <= metrics["dead_units"] <= 1
     checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 30
+
+
+def test_a_stalled_run_with_dead_units_warns_naming_the_lr(tmp_path, caplog):
+    """lr 2.5e-6 on the default problem: the loss stays finite but stalls near sum(y**2), most units dead."""
+    with caplog.at_level("WARNING", logger="twolayer_lightning"):
+        metrics = run(["optim.lr=2.5e-6", "trainer.max_steps=300", "logger=none"], output_dir=tmp_path / "bad")
+    assert metrics["dead_units"] > 0.5
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "training stalled" in warning and "lr=2.5e-06" in warning
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="twolayer_lightning"):
+        healthy = run(["trainer.max_steps=300", "logger=none"], output_dir=tmp_path / "good")
+    assert healthy["dead_units"] < 0.5
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
 def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):

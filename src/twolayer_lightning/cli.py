@@ -243,6 +243,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "hidden_features": model.hparams.hidden_features,
         "out_features": model.hparams.out_features,
         "fit_seconds": seconds,
+        "dead_units": model.dead_units,
         **{k: v for k, v in trainer.callback_metrics.items() if k.startswith("val_")},
     }
     metrics = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}

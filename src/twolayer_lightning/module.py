@@ -76,7 +76,7 @@ class LitTwoLayerNet(L.LightningModule):
         self.net = TwoLayerNet(in_features, hidden_features, out_features, activation=activation, generator=generator)
         self.losses: list[float] = []  # every step's loss of the current fit, in step order
         self.diverged_at: int | None = None  # the first step (the seed's t) whose loss was inf or nan
-        self.dead_units: float = math.nan  # share of hidden units dead at the last report, 0..1
+        self.dead_units: float = math.nan  # share of hidden units dead at the end of the last fit, 0..1
         self._pending: list[torch.Tensor] = []  # losses not yet brought to the host
         self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (x, y, y_pred) of the last update
         # One metric object per stage. Train metrics are taken at each report on the batch just
@@ -125,7 +125,9 @@ class LitTwoLayerNet(L.LightningModule):
 
     def on_train_end(self) -> None:
         self._report()
-        self._warn_if_stalled()
+        if self.diverged_at is None and self._last is not None:
+            self._measure_dead_units()
+            self._warn_if_stalled()
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
@@ -184,21 +186,26 @@ class LitTwoLayerNet(L.LightningModule):
 
     @torch.no_grad()
     def _train_metrics(self) -> dict[str, float]:
-        """Metrics of the last update's batch, and the share of dead hidden units on it."""
+        """Metrics of the last update's batch, from the predictions it already made."""
         if self._last is None:
             return {}
-        x, y, y_pred = self._last
+        _, y, y_pred = self._last
         self.train_metrics.update(y_pred, y)
         values = {name: value.item() for name, value in self.train_metrics.compute().items()}
         self.train_metrics.reset()
-        # A unit is dead when its ReLU input is negative for every row (of every rank): no gradient
-        # reaches it.
+        return values
+
+    @torch.no_grad()
+    def _measure_dead_units(self) -> None:
+        """The share of hidden units that are dead at the end: their ReLU input is negative for every
+        row (of every rank), so no gradient reaches them. Once per fit: it costs a forward matmul."""
+        x = self._last[0]
         live_rows = (x.mm(self.net.w1) >= 0).sum(dim=0)  # (H,)
         if self.trainer.world_size > 1:
             live_rows = self.trainer.strategy.reduce(live_rows, reduce_op="sum")
         self.dead_units = (live_rows == 0).float().mean().item()
-        values["dead_units"] = self.dead_units
-        return values
+        if self.logger is not None:
+            self.logger.log_metrics({"dead_units": self.dead_units}, step=self.global_step - 1)
 
     def _warn_if_stalled(self) -> None:
         """Warn when the loss stopped moving while most hidden units are dead: a silent failure."""
