@@ -209,6 +209,22 @@ def test_resume_with_another_model_is_refused(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
+def test_intervals_that_updates_per_step_would_skip_are_refused(tmp_path):
+    with pytest.raises(
+        ConfigError, match=r"trainer\.checkpoint_every_n_steps=25 is not allowed with trainer\.updates_per_step=10"
+    ):
+        run(["trainer.updates_per_step=10", "trainer.checkpoint_every_n_steps=25"], output_dir=tmp_path)
+
+
+def test_checkpoints_with_several_updates_per_step_land_on_their_steps(tmp_path):
+    run(
+        ["trainer.updates_per_step=10", "trainer.checkpoint_every_n_steps=20", "trainer.max_steps=60", "logger=none"],
+        output_dir=tmp_path,
+    )
+    saved = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt"))
+    assert saved == ["step-20.ckpt", "step-40.ckpt", "step-60.ckpt"]
+
+
 @pytest.mark.parametrize("updates_per_step", [1, 7, 64])
 def test_updates_per_step_keeps_steps_and_results_exact(tmp_path, updates_per_step):
     """Several updates per Lightning step: the same arithmetic, global_step exact although 7 does not divide 50."""

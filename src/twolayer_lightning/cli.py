@@ -150,7 +150,7 @@ def _make_trainer(cfg: DictConfig, out: Path, validation: bool) -> L.Trainer:
         max_steps=cfg.trainer.max_steps,
         log_every_n_steps=cfg.trainer.log_every_n_steps,
         # The full-batch loader never ends an epoch: validation counts training steps instead.
-        val_check_interval=cfg.trainer.val_every_n_steps if validation else None,
+        val_check_interval=cfg.trainer.val_every_n_steps // cfg.trainer.updates_per_step if validation else None,
         check_val_every_n_epoch=None,
         limit_val_batches=None if validation else 0,
         num_sanity_val_steps=0,

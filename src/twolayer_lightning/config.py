@@ -56,7 +56,7 @@ class TrainerConfig:
     accelerator: str = "cpu"  # cpu | gpu | auto
     devices: Any = 1  # number of devices, or "auto"
     max_steps: int = 500  # number of updates
-    log_every_n_steps: int = 10  # console line and logger flush every this many steps
+    log_every_n_steps: int = 50  # console line and logger flush every this many steps
     strategy: str = "auto"  # auto | ddp
     num_nodes: int = 1  # machines taking part (ddp)
     precision: str = "32-true"  # 32-true | 64-true; mixed precisions are refused
@@ -144,6 +144,19 @@ def validate(cfg: Any, cuda_available: bool | None = None) -> None:
     positive_int("trainer.log_every_n_steps", cfg.trainer.log_every_n_steps)
     positive_int("trainer.updates_per_step", cfg.trainer.updates_per_step)
     positive_int("trainer.val_every_n_steps", cfg.trainer.val_every_n_steps)
+    ups = cfg.trainer.updates_per_step
+    if isinstance(ups, int) and ups > 1:
+        # Lightning looks at these intervals once per training step, i.e. every `ups` updates.
+        intervals = ["checkpoint_every_n_steps"]
+        if cfg.data.kind == "files" and cfg.data.val_fraction:
+            intervals.append("val_every_n_steps")
+        for key in intervals:
+            value = cfg.trainer[key]
+            if isinstance(value, int) and value > 0 and value % ups:
+                problems.append(
+                    f"trainer.{key}={value} is not allowed with trainer.updates_per_step={ups}: use a multiple "
+                    f"of {ups}, or it would fire at other steps than it says"
+                )
     every = cfg.trainer.checkpoint_every_n_steps
     if isinstance(every, bool) or not isinstance(every, int) or every < 0:
         problems.append(f"trainer.checkpoint_every_n_steps={every!r} is not allowed: use a whole number >= 0")

@@ -100,6 +100,9 @@ def _repeat_full_batch(
     DDP's averaged gradient is the full batch's.
     """
     trainer = datamodule.trainer
+    if trainer is not None:
+        # Once, here: the same tensors every step, so Lightning's per-step transfer finds them in place.
+        x, y = x.to(trainer.strategy.root_device), y.to(trainer.strategy.root_device)
     if trainer is not None and trainer.world_size > 1:
         if len(x) < trainer.world_size:
             raise ValueError(

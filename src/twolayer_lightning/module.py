@@ -175,7 +175,7 @@ class LitTwoLayerNet(L.LightningModule):
         self.losses.extend(pending)
         t = first_t + len(pending) - 1
         # The metrics of the last update's batch share the row of its loss in the logger.
-        extra = self._train_metrics() if bad is None else {}
+        extra = self._train_metrics() if bad is None and self.logger is not None else {}  # they only go there
         if self.logger is not None:
             for i, value in enumerate(pending):
                 self.logger.log_metrics(
