@@ -440,6 +440,21 @@ def test_training_on_diabetes_predicts_held_out_rows_better_than_their_mean(tmp_
     )
     assert predicted["mode"] == "predict"
     assert np.load(tmp_path / "predict" / "predictions.npy").shape == (442, 1)
+    validated = run(
+        [
+            "data=files",
+            f"data.x_path={path}",
+            "data.target_columns=[target]",
+            "data.val_fraction=0.2",
+            "mode=validate",
+            f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'best.ckpt'}",
+        ],
+        output_dir=tmp_path / "validate",
+    )
+    with (tmp_path / "run" / "csv" / "metrics.csv").open(newline="") as f:
+        logged = [float(row["val_loss"]) for row in csv.DictReader(f) if row["val_loss"]]
+    assert len(logged) == 4  # every 250 of 1000 steps
+    assert validated["val_loss"] == min(logged)  # best.ckpt is the best validation, recomputed exactly
 
 
 @pytest.mark.parametrize("shuffle", [True, False])
