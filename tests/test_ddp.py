@@ -92,6 +92,7 @@ def test_ddp_inside_a_sweep_is_refused_with_one_line(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "cannot run inside a -m sweep" in errors[0]
     assert "Traceback" not in result.stderr
+    assert "#1 :" not in result.stdout  # the sweep ended at its first job
     assert not list(tmp_path.glob("*/metrics.json"))
 
 

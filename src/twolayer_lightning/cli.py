@@ -334,13 +334,17 @@ def _task(cfg: DictConfig) -> float:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     if multirun and cfg.trainer.strategy == "ddp":
         # Lightning restarts the script for each DDP rank with the job's overrides, which a sweep's
-        # jobs cannot take (Lightning #15737, Hydra #2070); this ends the whole sweep with one line.
-        raise ConfigError(
+        # jobs cannot take (Lightning #15737, Hydra #2070). SystemExit, not an exception: Hydra would
+        # record that and start the next job; this ends the sweep at its first job, before training.
+        # (A Hydra callback cannot refuse earlier: Hydra turns exceptions in callbacks into warnings.)
+        err = ConfigError(
             [
                 "trainer.strategy='ddp' cannot run inside a -m sweep: run each DDP job as its own "
                 "`python train.py trainer=ddp ...`, or sweep with one process per job"
             ]
         )
+        print(describe_error(err), file=sys.stderr)
+        raise SystemExit(2)
     try:
         metrics = train(cfg)
         return metrics.get("val_loss", metrics["train_loss"])
