@@ -259,14 +259,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "(the seed's is 1e-6)"
         )
     if trainer.is_global_zero:
-        log.info(
-            "done: %s, %d steps, final loss %r, %.2f s, files in %s",
-            cfg.mode,
-            metrics["global_step"],
-            metrics["train_loss"],
-            seconds,
-            out,
-        )
+        if cfg.mode == "train":
+            summary = f"{metrics['global_step']} steps, final loss {metrics['train_loss']!r}, {seconds:.2f} s in fit"
+        elif cfg.mode == "validate":
+            summary = f"{cfg.ckpt_path}: val_loss {metrics['val_loss']!r}, val_r2 {metrics['val_r2']:.4f}"
+        else:
+            summary = f"{cfg.ckpt_path}: {metrics['num_samples']} predictions in predictions.npy"
+        log.info("done: %s, %s; files in %s", cfg.mode, summary, out)
     return metrics
 
 

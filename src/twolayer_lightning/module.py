@@ -146,7 +146,9 @@ class LitTwoLayerNet(L.LightningModule):
             self.logger.log_metrics(values, step=self.global_step)
         self.log_dict(values, logger=False)  # for checkpoint monitors (best by val_loss)
         if self.trainer.is_global_zero:
-            log.info("step %d  val_loss %r  val_r2 %.4f", self.global_step - 1, values["val_loss"], values["val_r2"])
+            # During fit, after the update of step t = global_step - 1; alone (trainer.validate), the checkpoint's.
+            when = f"step {self.global_step - 1}" if self.trainer.state.fn == "fit" else "validate"
+            log.info("%s  val_loss %r  val_r2 %.4f", when, values["val_loss"], values["val_r2"])
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
