@@ -78,21 +78,26 @@ if not torch.cuda.is_available():
     )
 
 
-@pytest.mark.parametrize(("overrides", "fragments"), BAD_INPUTS, ids=lambda v: " ".join(v) if v and "=" in v[0] else "")
-def test_bad_input_gives_one_line_and_exit_2(overrides, fragments, tmp_path, monkeypatch, capsys):
-    out = tmp_path / "run"
-    monkeypatch.setattr(sys, "argv", ["train.py", *overrides, f"output_dir={out}"])
+def error_lines_of_main(argv: list[str], tmp_path: Path, monkeypatch, capsys) -> list[str]:
+    """Run `python train.py *argv` in this process; it must exit 2 without a traceback."""
+    monkeypatch.setattr(sys, "argv", ["train.py", *argv])
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         main()
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return [line for line in err.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.parametrize(("overrides", "fragments"), BAD_INPUTS, ids=lambda v: " ".join(v) if v and "=" in v[0] else "")
+def test_bad_input_gives_one_line_and_exit_2(overrides, fragments, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    lines = error_lines_of_main([*overrides, f"output_dir={out}"], tmp_path, monkeypatch, capsys)
+    assert len(lines) == 1, lines
     for fragment in fragments:
         assert fragment in lines[0]
-    assert "Traceback" not in err
     assert not out.exists()  # nothing written
 
 
@@ -105,14 +110,7 @@ def test_several_problems_are_reported_together():
 
 
 def test_diverging_loss_stops_at_that_step_and_names_it(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["train.py", "optim.lr=1e-3", f"output_dir={tmp_path}"])
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    (line,) = error_lines_of_main(["optim.lr=1e-3", f"output_dir={tmp_path}"], tmp_path, monkeypatch, capsys)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "diverged"
     assert metrics["global_step"] < 500  # stopped, not 500 steps of nan
