@@ -101,6 +101,14 @@ def test_bad_input_gives_one_line_and_exit_2(overrides, fragments, tmp_path, mon
     assert not out.exists()  # nothing written
 
 
+def test_hydra_full_error_shows_the_traceback(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["train.py", "optim.lr=0", f"output_dir={tmp_path / 'run'}"])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"optim\.lr=0\.0"):
+        main()
+
+
 def test_several_problems_are_reported_together():
     with initialize_config_module(config_module="twolayer_lightning.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=["optim.lr=0", "trainer.max_steps=-1", "model.out_features=0"])
@@ -200,11 +208,14 @@ def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_with_another_model_is_refused(tmp_path):
+def test_resume_with_another_model_or_other_data_is_refused(tmp_path):
     run(["logger=none", "trainer.max_steps=2"], output_dir=tmp_path / "a")
     with pytest.raises(ConfigError, match=r"model\.hidden_features=50 differs"):
         run(["model.hidden_features=50", f"ckpt_path={tmp_path / 'a' / 'last.ckpt'}"], output_dir=tmp_path / "b")
     assert not (tmp_path / "b").exists()
+    with pytest.raises(ConfigError, match=r"was trained on other data than seed=1"):
+        run(["seed=1", f"ckpt_path={tmp_path / 'a' / 'last.ckpt'}"], output_dir=tmp_path / "c")
+    assert not (tmp_path / "c").exists()
 
 
 def test_intervals_that_updates_per_step_would_skip_are_refused(tmp_path):

@@ -271,7 +271,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def _check_resumable(cfg: DictConfig, data: SyntheticRegressionData | FileRegressionData) -> None:
     """Refuse a checkpoint whose model differs from the one the config builds, naming the keys."""
-    saved = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+    checkpoint = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True)
+    saved = checkpoint.get("hyper_parameters", {})
     wanted = {
         "in_features": data.x.shape[1],
         "hidden_features": cfg.model.hidden_features,
@@ -284,6 +285,12 @@ def _check_resumable(cfg: DictConfig, data: SyntheticRegressionData | FileRegres
         for key, value in wanted.items()
         if key in saved and saved[key] != value
     ]
+    trained_on = checkpoint.get(type(data).__qualname__, {}).get("train_data_sha256")
+    if trained_on is not None and trained_on != data.state_dict()["train_data_sha256"]:
+        problems.append(
+            f"ckpt_path={cfg.ckpt_path!r} was trained on other data than seed={cfg.seed} and these data settings "
+            "give; resume with the seed and data the checkpoint was trained with"
+        )
     if problems:
         raise ConfigError(problems)
 
@@ -352,6 +359,8 @@ def _task(cfg: DictConfig) -> float:
             # In a sweep, one bad job must not end the others: log it, and give the sweeper nan.
             log.error("job failed: %s", describe_error(err))
             return math.nan
+        if _user_wants_tracebacks():
+            raise
         # A single run ends here, before Hydra adds its "Error executing job" line and a traceback.
         print(describe_error(err), file=sys.stderr)
         raise SystemExit(2) from None
@@ -384,15 +393,26 @@ def _hydra_main() -> None:
     hydra.main(version_base="1.3", config_path="conf", config_name="config")(_task)()
 
 
+_OUR_FULL_ERROR = "TWOLAYER_LIGHTNING_SET_HYDRA_FULL_ERROR"
+
+
+def _user_wants_tracebacks() -> bool:
+    """HYDRA_FULL_ERROR=1 set by the user, not by :func:`main`."""
+    return os.environ.get("HYDRA_FULL_ERROR") == "1" and _OUR_FULL_ERROR not in os.environ
+
+
 def main() -> None:
     """``python train.py [overrides]``: a user's mistake ends with one line and exit status 2.
 
     Set ``HYDRA_FULL_ERROR=1`` to see the full traceback instead.
     """
-    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
-    # With this set Hydra raises its errors instead of printing them with a traceback, so that
-    # they can be shown here as one line.
-    os.environ["HYDRA_FULL_ERROR"] = "1"
+    full_error = _user_wants_tracebacks()
+    if not full_error:
+        # With this set Hydra raises its errors instead of printing them with a traceback, so that
+        # they can be shown here as one line. The marker tells it from a user's setting, also in
+        # the DDP ranks that Lightning starts by running this command again with this environment.
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        os.environ[_OUR_FULL_ERROR] = "1"
     try:
         _hydra_main()
     except (ConfigError, DataError, TrainingDivergedError, HydraException, OmegaConfBaseException) as err:
@@ -402,4 +422,5 @@ def main() -> None:
         raise SystemExit(2) from None
     finally:
         if not full_error:
-            del os.environ["HYDRA_FULL_ERROR"]
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+            os.environ.pop(_OUR_FULL_ERROR, None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import itertools
 import math
 import os
@@ -60,9 +61,21 @@ class SyntheticRegressionData(L.LightningDataModule):
     def train_dataloader(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return _repeat_full_batch(self, self.x, self.y)
 
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in checkpoints: a fingerprint of the training data, so a resume can check it."""
+        return {"train_data_sha256": _fingerprint(self.x, self.y)}
+
     def predict_dataloader(self) -> DataLoader:
         """x alone, as one batch."""
         return DataLoader(self.x, batch_size=len(self.x))
+
+
+def _fingerprint(*tensors: torch.Tensor) -> str:
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(str((tuple(tensor.shape), tensor.dtype)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _rank_and_world_size(datamodule: L.LightningDataModule) -> tuple[int, int]:
@@ -300,6 +313,10 @@ class FileRegressionData(L.LightningDataModule):
         return DataLoader(
             TensorDataset(*self._train), batch_size=self.batch_size, shuffle=self.shuffle, generator=generator
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in checkpoints: a fingerprint of the training rows, so a resume can check it."""
+        return {"train_data_sha256": _fingerprint(*self._train)}
 
     def val_dataloader(self) -> DataLoader | list:
         if not len(self.val_indices):
