@@ -170,3 +170,17 @@ def test_pitfall_inline_update_is_not_counted_as_a_step():
     counted = fast_trainer("cpu", max_steps=3)
     counted.fit(package, datamodule=data)
     assert counted.global_step == 3
+
+
+def test_barebones_trainer_still_equals_the_seed_loop():
+    """Trainer(barebones=True) sets log_every_n_steps=0 and forbids self.log: the module reports once, at the end."""
+    x, y, w1, w2 = seed_initial_tensors(5, 16, 30, 8, 2)
+    expected_losses, expected_w1, _ = seed_loop(x, y, w1, w2, 1e-4, 25)
+    generator = torch.Generator().manual_seed(5)
+    data = SyntheticRegressionData(16, 30, 2, generator=generator)
+    model = LitTwoLayerNet(30, 8, 2, lr=1e-4, generator=generator)
+    trainer = L.Trainer(accelerator="cpu", max_steps=25, barebones=True)
+    trainer.fit(model, datamodule=data)
+    assert trainer.global_step == 25
+    assert model.losses == expected_losses
+    assert torch.equal(model.net.w1.detach(), expected_w1)

@@ -116,11 +116,13 @@ class LitTwoLayerNet(L.LightningModule):
             optimizer.step()  # the seed's `w -= lr * w.grad; w.grad.zero_()`, counted in global_step
             self._pending.append(loss.detach())
         self._last = (x, y, y_pred.detach())
-        every = self.trainer.log_every_n_steps
-        if self.global_step // every > start // every or self.global_step >= self.trainer.max_steps:
+        every = self.trainer.log_every_n_steps  # 0 in Trainer(barebones=True): report at the end only
+        crossed = every > 0 and self.global_step // every > start // every
+        if crossed or self.global_step >= self.trainer.max_steps:
             self._report()
-            # For callbacks (checkpoint monitors) and the progress bar; the logger got every step.
-            self.log("train_loss", self.last_loss, logger=False, prog_bar=True)
+            if not self.trainer.barebones:  # barebones forbids self.log
+                # For callbacks (checkpoint monitors) and the progress bar; the logger got every step.
+                self.log("train_loss", self.last_loss, logger=False, prog_bar=True)
         return loss
 
     def on_train_end(self) -> None:
