@@ -2,9 +2,8 @@
 
 :func:`plot_run` draws a run's ``csv/metrics.csv`` into ``loss.png``. :func:`summarize_sweep` writes
 ``summary.csv``, ``summary.md`` and ``curves.png`` at the root of a multirun, one row per job, best
-first; the Hydra callback :class:`SweepSummary` calls it when a multirun ends::
-
-    python train.py -m optim.lr=1e-6,2e-6 +hydra.callbacks.summary._target_=twolayer_lightning.report.SweepSummary
+first; the Hydra callback :class:`SweepSummary` calls it when a multirun ends (conf/config.yaml
+registers it under ``hydra.callbacks.summary``, so every ``python train.py -m ...`` summarises itself).
 
 matplotlib is optional (``pip install 'twolayer-lightning[plot]'``): without it no PNG is drawn, one
 warning line says so, and everything else is written as usual.
