@@ -125,6 +125,8 @@ def test_diverging_loss_stops_at_that_step_and_names_it(tmp_path, monkeypatch, c
     losses = [float(row["train_loss"]) for row in read_csv_rows(tmp_path / "csv" / "metrics.csv")]
     first_bad = next(t for t, loss in enumerate(losses) if not torch.isfinite(torch.tensor(loss)))
     assert f"at step {first_bad} " in line
+    assert metrics["global_step"] == first_bad + 1  # on the CPU it stops at that very step
+    assert f"stopped at step {first_bad};" in line
     assert "optim.lr=0.001" in line
     assert not (tmp_path / "last.ckpt").exists()
 

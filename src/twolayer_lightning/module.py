@@ -107,6 +107,11 @@ class LitTwoLayerNet(L.LightningModule):
         if self.trainer.max_steps > 0:
             updates = min(updates, self.trainer.max_steps - start)
         world_size = self.trainer.world_size
+        # One CPU process can look at every loss for free and stop at the very step it turns inf or
+        # nan; on a GPU that would be a sync per step, and DDP ranks must report in step with each
+        # other, so those look at each interval's losses together.
+        check_each = world_size == 1 and x.device.type == "cpu"
+        diverged = False
         for _ in range(updates):
             y_pred = self(x)
             loss = sum_squared_error(y_pred, y)  # with several processes: the sum over this rank's rows
@@ -115,10 +120,13 @@ class LitTwoLayerNet(L.LightningModule):
             self.manual_backward(loss * world_size if world_size > 1 else loss)
             optimizer.step()  # the seed's `w -= lr * w.grad; w.grad.zero_()`, counted in global_step
             self._pending.append(loss.detach())
+            if check_each and not math.isfinite(loss.item()):
+                diverged = True
+                break
         self._last = (x, y, y_pred.detach())
         every = self.trainer.log_every_n_steps  # 0 in Trainer(barebones=True): report at the end only
         crossed = every > 0 and self.global_step // every > start // every
-        if crossed or self.global_step >= self.trainer.max_steps:
+        if crossed or diverged or self.global_step >= self.trainer.max_steps:
             self._report()
             if not self.trainer.barebones:  # barebones forbids self.log
                 # For callbacks (checkpoint monitors) and the progress bar; the logger got every step.
