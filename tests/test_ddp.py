@@ -101,3 +101,10 @@ def test_ddp_refuses_several_updates_per_step(tmp_path):
 
     with pytest.raises(ConfigError, match="updates_per_step"):
         run(["trainer=ddp", "trainer.updates_per_step=10"], output_dir=tmp_path)
+
+
+def test_ddp_with_fewer_rows_than_processes_is_refused(tmp_path):
+    from twolayer_lightning import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data\.num_samples=1 is not allowed with 2 DDP processes"):
+        run(["trainer=ddp", "data.num_samples=1"], output_dir=tmp_path)

@@ -167,6 +167,12 @@ def validate(cfg: Any, cuda_available: bool | None = None) -> None:
         positive_int("trainer.devices", devices)
     positive_int("trainer.num_nodes", cfg.trainer.num_nodes)
     choice("trainer.strategy", cfg.trainer.strategy, STRATEGIES)
+    processes = cfg.trainer.devices * cfg.trainer.num_nodes if isinstance(cfg.trainer.devices, int) else 0
+    if cfg.trainer.strategy == "ddp" and data.kind == "synthetic" and data.num_samples < processes:
+        problems.append(
+            f"data.num_samples={data.num_samples} is not allowed with {processes} DDP processes: each needs at "
+            f"least one row; use data.num_samples >= {processes} or fewer trainer.devices"
+        )
     if cfg.trainer.strategy == "ddp" and cfg.trainer.updates_per_step != 1:
         problems.append(
             f"trainer.updates_per_step={cfg.trainer.updates_per_step!r} is not allowed with trainer.strategy=ddp: "
