@@ -249,15 +249,9 @@ def test_updates_per_step_keeps_steps_and_results_exact(tmp_path, updates_per_st
 
 
 @pytest.mark.slow
-def test_train_py_runs_from_the_shell(tmp_path):
+def test_train_py_runs_from_the_shell(tmp_path, train_py):
     out = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "train.py", "trainer.max_steps=20", "trainer.log_every_n_steps=5", f"hydra.run.dir={out}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = train_py("trainer.max_steps=20", "trainer.log_every_n_steps=5", f"hydra.run.dir={out}")
     assert result.returncode == 0, result.stderr
     console = result.stdout + result.stderr
     assert console.count(" loss ") >= 4  # the seed's `t loss` lines, every 5 steps
@@ -268,23 +262,15 @@ def test_train_py_runs_from_the_shell(tmp_path):
 
 
 @pytest.mark.slow
-def test_multirun_makes_one_dir_and_metrics_per_job(tmp_path):
+def test_multirun_makes_one_dir_and_metrics_per_job(tmp_path, train_py):
     sweep = tmp_path / "sweep"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "-m",
-            "optim.lr=1e-6,2e-6",
-            "model.hidden_features=50,100",
-            "trainer.max_steps=20",
-            "logger=none",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = train_py(
+        "-m",
+        "optim.lr=1e-6,2e-6",
+        "model.hidden_features=50,100",
+        "trainer.max_steps=20",
+        "logger=none",
+        f"hydra.sweep.dir={sweep}",
     )
     assert result.returncode == 0, result.stderr
     jobs = sorted(p.parent for p in sweep.glob("*/metrics.json"))

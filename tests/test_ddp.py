@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from twolayer_lightning import run
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def losses(run_dir: Path) -> torch.Tensor:
@@ -29,22 +25,9 @@ def losses(run_dir: Path) -> torch.Tensor:
 
 
 @pytest.mark.slow
-def test_two_process_ddp_trains_the_same_problem_as_one_process(tmp_path):
+def test_two_process_ddp_trains_the_same_problem_as_one_process(tmp_path, train_py):
     ddp_dir = tmp_path / "ddp"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "trainer=ddp",
-            "trainer.devices=2",
-            "trainer.accelerator=cpu",
-            f"hydra.run.dir={ddp_dir}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = train_py("trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", f"hydra.run.dir={ddp_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     single = run([], output_dir=tmp_path / "single")
 
@@ -72,22 +55,8 @@ def test_two_process_ddp_trains_the_same_problem_as_one_process(tmp_path):
     assert result.stdout.count("step 499  loss") <= 1
 
 
-def test_ddp_inside_a_sweep_is_refused_with_one_line(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "-m",
-            "trainer=ddp",
-            "trainer.accelerator=cpu",
-            "seed=0,1",
-            f"hydra.sweep.dir={tmp_path}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def test_ddp_inside_a_sweep_is_refused_with_one_line(tmp_path, train_py):
+    result = train_py("-m", "trainer=ddp", "trainer.accelerator=cpu", "seed=0,1", f"hydra.sweep.dir={tmp_path}")
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "cannot run inside a -m sweep" in errors[0]

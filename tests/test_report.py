@@ -7,7 +7,6 @@ import importlib.util
 import json
 import logging
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from twolayer_lightning import ConfigError, TrainingDivergedError, run
 from twolayer_lightning.cli import describe_error
 from twolayer_lightning.report import plot_run, summarize_sweep
 
-ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 needs_matplotlib = pytest.mark.skipif(
     importlib.util.find_spec("matplotlib") is None, reason="needs matplotlib: pip install 'twolayer-lightning[plot]'"
@@ -243,23 +241,9 @@ def test_summarize_sweep_prefers_val_loss_and_survives_broken_job_dirs(tmp_path)
 
 
 @pytest.mark.slow
-def test_sweep_summary_callback_summarises_a_real_multirun(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "-m",
-            "trainer.max_steps=20",
-            "optim.lr=1e-6,1e-3",
-            f"hydra.sweep.dir={tmp_path}",
-            # ++: adds the callback, or sets it again where config.yaml already has it
-            "++hydra.callbacks.summary._target_=twolayer_lightning.report.SweepSummary",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def test_sweep_summary_callback_summarises_a_real_multirun(tmp_path, train_py):
+    # No callback override: conf/config.yaml registers SweepSummary for every sweep.
+    result = train_py("-m", "trainer.max_steps=20", "optim.lr=1e-6,1e-3", f"hydra.sweep.dir={tmp_path}")
     assert result.returncode == 0, result.stderr
 
     table = read_csv(tmp_path / "summary.csv")

@@ -8,37 +8,28 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def sweep(tmp_path: Path, *overrides: str) -> list[dict[str, str]]:
-    result = subprocess.run(
-        [sys.executable, "train.py", "-m", *overrides, f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def sweep(train_py, tmp_path: Path, *overrides: str) -> list[dict[str, str]]:
+    result = train_py("-m", *overrides, f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert result.returncode == 0, result.stderr[-3000:]
     with (tmp_path / "sweep" / "summary.csv").open(newline="") as f:
         return list(csv.DictReader(f))
 
 
 @pytest.mark.slow
-def test_optuna_preset_searches_lr_and_hidden_size_on_validation_loss(tmp_path):
+def test_optuna_preset_searches_lr_and_hidden_size_on_validation_loss(tmp_path, train_py):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((60, 4))
     np.savez(tmp_path / "data.npz", x=x, y=x @ rng.standard_normal((4, 2)))
     rows = sweep(
+        train_py,
         tmp_path,
         "hparams_search=lr_hidden",
         "hydra.sweeper.n_trials=3",
@@ -58,9 +49,9 @@ def test_optuna_preset_searches_lr_and_hidden_size_on_validation_loss(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
-def test_parallel_launchers_run_each_job_in_its_own_dir(tmp_path, launcher):
+def test_parallel_launchers_run_each_job_in_its_own_dir(tmp_path, launcher, train_py):
     pytest.importorskip(f"hydra_plugins.hydra_{launcher.split('_')[0]}_launcher")
-    rows = sweep(tmp_path, f"hydra/launcher={launcher}", "seed=0,1", "trainer.max_steps=5", "logger=none")
+    rows = sweep(train_py, tmp_path, f"hydra/launcher={launcher}", "seed=0,1", "trainer.max_steps=5", "logger=none")
     assert [row["status"] for row in rows] == ["ok", "ok"]
     seeds = sorted(json.loads((tmp_path / "sweep" / row["dir"] / "metrics.json").read_text())["seed"] for row in rows)
     assert seeds == [0, 1]
