@@ -69,6 +69,13 @@ BAD_INPUTS = [
     (["trainer.precision=16-mixed"], ["trainer.precision='16-mixed'", "32-true"]),
     (["model.activation=relu"], ["model.activation='relu'", "clamp, function"]),
     (["ckpt_path=/nonexistent/last.ckpt"], ["ckpt_path='/nonexistent/last.ckpt'", "not a file"]),
+    (["trainer.update_path=graph"], ["trainer.update_path='graph'", "direct, lightning, cuda_graph"]),
+    (["trainer.update_path=cuda_graph"], ["update_path='cuda_graph' needs a GPU", "trainer.update_path=direct"]),
+    (["trainer=ddp", "trainer.update_path=direct"], ["trainer.update_path='direct'", "trainer.update_path=lightning"]),
+    (
+        ["data=files", "data.x_path=x.npy", "data.batch_size=8", "trainer.updates_per_step=5"],
+        ["trainer.updates_per_step=5 is not allowed with data.batch_size=8", "trainer.updates_per_step=1"],
+    ),
 ]
 if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
     BAD_INPUTS.append((["logger=tensorboard"], ["logger='tensorboard'", "twolayer-lightning[tensorboard]"]))
@@ -171,6 +178,8 @@ def test_run_writes_metrics_checkpoint_and_per_step_csv(tmp_path):
     for key in ("train_loss", "global_step", "seed", "lr", "accelerator", "fit_seconds"):
         assert key in on_disk
     assert (on_disk["global_step"], on_disk["accelerator"]) == (30, "cpu")
+    # Left null, updates_per_step is what log_every_n_steps allows; the default path is taken on one process.
+    assert (on_disk["updates_per_step"], on_disk["update_path"]) == (7, "direct")
     rows = read_csv_rows(tmp_path / "csv" / "metrics.csv")
     assert [int(row["step"]) for row in rows] == list(range(30))  # every step; the console shows every 7th
     assert float(rows[-1]["train_loss"]) == metrics["train_loss"]
@@ -236,16 +245,50 @@ def test_checkpoints_with_several_updates_per_step_land_on_their_steps(tmp_path)
     assert saved == ["step-20.ckpt", "step-40.ckpt", "step-60.ckpt"]
 
 
-@pytest.mark.parametrize("updates_per_step", [1, 7, 64])
-def test_updates_per_step_keeps_steps_and_results_exact(tmp_path, updates_per_step):
+@pytest.mark.parametrize("update_path", ["direct", "lightning"])
+@pytest.mark.parametrize("updates_per_step", ["null", 7, 64])
+def test_updates_per_step_keeps_steps_and_results_exact(tmp_path, updates_per_step, update_path):
     """Several updates per Lightning step: the same arithmetic, global_step exact although 7 does not divide 50."""
-    baseline = run(["trainer.max_steps=50", "logger=none"], output_dir=tmp_path / "one")
+    baseline = run(
+        ["trainer.max_steps=50", "logger=none", "trainer.updates_per_step=1", "trainer.update_path=lightning"],
+        output_dir=tmp_path / "one",
+    )
     grouped = run(
-        ["trainer.max_steps=50", "logger=none", f"trainer.updates_per_step={updates_per_step}"],
+        [
+            "trainer.max_steps=50",
+            "logger=none",
+            f"trainer.updates_per_step={updates_per_step}",
+            f"trainer.update_path={update_path}",
+        ],
         output_dir=tmp_path / "many",
     )
     assert grouped["global_step"] == 50
     assert grouped["train_loss"] == baseline["train_loss"]
+    assert torch.equal(
+        torch.load(tmp_path / "many" / "last.ckpt", weights_only=True)["state_dict"]["net.w1"],
+        torch.load(tmp_path / "one" / "last.ckpt", weights_only=True)["state_dict"]["net.w1"],
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ([], 50),  # log_every_n_steps=50 and nothing else to hit
+        (["trainer.log_every_n_steps=10"], 10),
+        (["trainer.checkpoint_every_n_steps=20"], 10),  # gcd(50, 20): both fire on their steps
+        (["trainer.checkpoint_every_n_steps=7"], 1),
+        (["trainer.updates_per_step=64"], 64),  # as given
+        (["data=files", "data.x_path=x.npy", "data.val_fraction=0.2", "trainer.val_every_n_steps=30"], 10),
+        (["data=files", "data.x_path=x.npy", "data.batch_size=8"], 1),  # one update per mini-batch
+        (["trainer=ddp"], 1),  # DDP syncs once per training step
+    ],
+)
+def test_updates_per_step_left_null_is_the_most_every_interval_allows(overrides, expected):
+    from twolayer_lightning.config import updates_per_step
+
+    with initialize_config_module(config_module="twolayer_lightning.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    assert updates_per_step(cfg) == expected
 
 
 @pytest.mark.slow

@@ -15,7 +15,19 @@ from twolayer_lightning import InPlaceSGD, LitTwoLayerNet, SyntheticRegressionDa
 from twolayer_lightning.model import sum_squared_error
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; this torch sees none")
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, CUDA])]
+GPU = [pytest.mark.gpu, CUDA]
+# (device, update_path, updates_per_step): every path, and several updates per training step that
+# do not divide the step counts below (7), so the last training step runs fewer.
+RUNS = [
+    ("cpu", "direct", 1),
+    ("cpu", "direct", 7),
+    ("cpu", "lightning", 1),
+    ("cpu", "lightning", 7),
+    pytest.param("cuda", "direct", 7, marks=GPU),
+    pytest.param("cuda", "lightning", 1, marks=GPU),
+    pytest.param("cuda", "cuda_graph", 1, marks=GPU),
+    pytest.param("cuda", "cuda_graph", 7, marks=GPU),
+]
 
 
 def seed_initial_tensors(seed: int, n: int, d_in: int, h: int, d_out: int) -> tuple[torch.Tensor, ...]:
@@ -59,17 +71,26 @@ def fast_trainer(accelerator: str, max_steps: int, **kwargs) -> L.Trainer:
     )
 
 
-def fit_package(seed, sizes, lr, steps, accelerator, activation="clamp"):
+def fit_package(seed, sizes, lr, steps, accelerator, activation="clamp", update_path="direct", updates_per_step=1):
     n, d_in, h, d_out = sizes
     generator = torch.Generator().manual_seed(seed)
     data = SyntheticRegressionData(n, d_in, d_out, generator=generator)
-    model = LitTwoLayerNet(d_in, h, d_out, lr=lr, activation=activation, generator=generator)
+    model = LitTwoLayerNet(
+        d_in,
+        h,
+        d_out,
+        lr=lr,
+        activation=activation,
+        generator=generator,
+        update_path=update_path,
+        updates_per_step=updates_per_step,
+    )
     trainer = fast_trainer(accelerator, steps)
     trainer.fit(model, datamodule=data)
     return trainer, model
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("device", "update_path", "updates_per_step"), RUNS)
 @pytest.mark.parametrize(
     ("seed", "sizes", "lr", "steps", "activation"),
     [
@@ -78,14 +99,15 @@ def fit_package(seed, sizes, lr, steps, accelerator, activation="clamp"):
         (3, (64, 1000, 100, 10), 1e-6, 100, "function"),  # the custom autograd Function
     ],
 )
-def test_every_step_equals_the_seed_loop(device, seed, sizes, lr, steps, activation):
+def test_every_step_equals_the_seed_loop(device, update_path, updates_per_step, seed, sizes, lr, steps, activation):
     torch.set_float32_matmul_precision("highest")
     x, y, w1, w2 = seed_initial_tensors(seed, *sizes)
     expected_losses, expected_w1, expected_w2 = seed_loop(
         x.to(device), y.to(device), w1.to(device), w2.to(device), lr, steps
     )
 
-    trainer, model = fit_package(seed, sizes, lr, steps, "gpu" if device == "cuda" else "cpu", activation)
+    accelerator = "gpu" if device == "cuda" else "cpu"
+    trainer, model = fit_package(seed, sizes, lr, steps, accelerator, activation, update_path, updates_per_step)
 
     assert trainer.global_step == steps
     assert len(model.losses) == steps
@@ -184,3 +206,113 @@ def test_barebones_trainer_still_equals_the_seed_loop():
     assert trainer.global_step == 25
     assert model.losses == expected_losses
     assert torch.equal(model.net.w1.detach(), expected_w1)
+
+
+# Update paths: what each one runs besides the update itself.
+
+
+class HookCounter(L.Callback):
+    def __init__(self) -> None:
+        self.calls = {"on_before_backward": 0, "on_after_backward": 0, "on_before_optimizer_step": 0}
+
+    def on_before_backward(self, trainer, pl_module, loss):
+        self.calls["on_before_backward"] += 1
+
+    def on_after_backward(self, trainer, pl_module):
+        self.calls["on_after_backward"] += 1
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.calls["on_before_optimizer_step"] += 1
+
+
+@pytest.mark.parametrize(("update_path", "calls_per_update"), [("lightning", 1), ("direct", 0)])
+def test_per_update_hooks_run_on_the_lightning_path_only(update_path, calls_per_update):
+    """What the README promises: callbacks that need per-update hooks get them with update_path='lightning'."""
+    generator = torch.Generator().manual_seed(0)
+    data = SyntheticRegressionData(8, 5, 2, generator=generator)
+    model = LitTwoLayerNet(5, 4, 2, generator=generator, update_path=update_path, updates_per_step=3)
+    counter = HookCounter()
+    trainer = fast_trainer("cpu", max_steps=10, callbacks=[counter])
+    trainer.fit(model, datamodule=data)
+    assert trainer.global_step == 10
+    assert counter.calls == dict.fromkeys(counter.calls, 10 * calls_per_update)
+
+
+class TorchSGD(LitTwoLayerNet):
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+
+def test_direct_path_with_another_optimizer_takes_the_lightning_path():
+    """The direct path calls InPlaceSGD.update; a subclass with another optimizer still trains, via Lightning."""
+    generator = torch.Generator().manual_seed(0)
+    data = SyntheticRegressionData(8, 5, 2, generator=generator)
+    model = TorchSGD(5, 4, 2, lr=1e-3, generator=generator)
+    w1 = model.net.w1.detach().clone()
+    with pytest.warns(UserWarning, match=r"needs configure_optimizers to return an InPlaceSGD, not SGD"):
+        trainer = fast_trainer("cpu", max_steps=4)
+        trainer.fit(model, datamodule=data)
+    assert trainer.global_step == 4
+    assert not torch.equal(model.net.w1.detach(), w1)
+
+
+def test_direct_path_without_lightnings_step_counters_takes_the_lightning_path(monkeypatch):
+    """The direct path counts updates with LightningOptimizer's private _on_before_step/_on_after_step.
+
+    A Lightning without them must not train uncounted: the module warns and takes the public path,
+    which stays exact.
+    """
+    from lightning.pytorch.core.optimizer import LightningOptimizer
+
+    real_getattr = LightningOptimizer.__getattribute__
+
+    def without_counters(self, name):
+        if name in ("_on_before_step", "_on_after_step"):
+            raise AttributeError(name)
+        return real_getattr(self, name)
+
+    x, y, w1, w2 = seed_initial_tensors(2, 16, 30, 8, 2)
+    expected_losses, expected_w1, expected_w2 = seed_loop(x, y, w1, w2, 1e-4, 12)
+
+    class Probe(LitTwoLayerNet):
+        def on_train_start(self):  # where the module looks for them; the loop itself still sets them later
+            monkeypatch.setattr(LightningOptimizer, "__getattribute__", without_counters)
+            try:
+                super().on_train_start()
+            finally:
+                monkeypatch.undo()
+
+    generator = torch.Generator().manual_seed(2)
+    data = SyntheticRegressionData(16, 30, 2, generator=generator)
+    model = Probe(30, 8, 2, lr=1e-4, generator=generator, updates_per_step=5)
+    with pytest.warns(UserWarning, match=r"has no _on_before_step/_on_after_step.*taking update_path='lightning'"):
+        trainer = fast_trainer("cpu", max_steps=12)
+        trainer.fit(model, datamodule=data)
+    assert trainer.global_step == 12
+    assert model.losses == expected_losses
+    assert torch.equal(model.net.w1.detach(), expected_w1)
+    assert torch.equal(model.net.w2.detach(), expected_w2)
+
+
+def test_cuda_graph_path_on_the_cpu_is_refused_with_the_fix():
+    generator = torch.Generator().manual_seed(0)
+    data = SyntheticRegressionData(8, 5, 2, generator=generator)
+    model = LitTwoLayerNet(5, 4, 2, generator=generator, update_path="cuda_graph")
+    with pytest.raises(ValueError, match=r"update_path='cuda_graph' needs a CUDA device.*use update_path='direct'"):
+        fast_trainer("cpu", max_steps=2).fit(model, datamodule=data)
+    with pytest.raises(ValueError, match=r"update_path='graph' is not allowed; use one of direct, lightning"):
+        LitTwoLayerNet(update_path="graph")
+
+
+@pytest.mark.gpu
+@CUDA
+def test_cuda_graph_path_refuses_a_batch_it_was_not_captured_with():
+    """Mini-batches give new tensors each step; the graph would silently keep training on the first."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 5, generator=generator), torch.randn(16, 2, generator=generator)
+    loader = DataLoader(TensorDataset(x, y), batch_size=8)
+    model = LitTwoLayerNet(5, 4, 2, generator=generator, update_path="cuda_graph")
+    with pytest.raises(ValueError, match=r"replays the batch it was captured with"):
+        fast_trainer("gpu", max_steps=4).fit(model, train_dataloaders=loader)

@@ -28,7 +28,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from twolayer_lightning.config import Config, ConfigError, register_configs, validate
+from twolayer_lightning.config import Config, ConfigError, register_configs, updates_per_step, validate
 from twolayer_lightning.data import DataError, FileRegressionData, SyntheticRegressionData
 from twolayer_lightning.module import LitTwoLayerNet
 from twolayer_lightning.report import plot_run
@@ -122,7 +122,7 @@ def _has_validation(data: SyntheticRegressionData | FileRegressionData) -> bool:
     return isinstance(data, FileRegressionData) and len(data.val_indices) > 0
 
 
-def _make_trainer(cfg: DictConfig, out: Path, validation: bool) -> L.Trainer:
+def _make_trainer(cfg: DictConfig, out: Path, validation: bool, ups: int) -> L.Trainer:
     callbacks: list[L.Callback] = []
     every = cfg.trainer.checkpoint_every_n_steps
     if every:
@@ -150,7 +150,7 @@ def _make_trainer(cfg: DictConfig, out: Path, validation: bool) -> L.Trainer:
         max_steps=cfg.trainer.max_steps,
         log_every_n_steps=cfg.trainer.log_every_n_steps,
         # The full-batch loader never ends an epoch: validation counts training steps instead.
-        val_check_interval=cfg.trainer.val_every_n_steps // cfg.trainer.updates_per_step if validation else None,
+        val_check_interval=cfg.trainer.val_every_n_steps // ups if validation else None,
         check_val_every_n_epoch=None,
         limit_val_batches=None if validation else 0,
         num_sanity_val_steps=0,
@@ -185,7 +185,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Returns:
         The metrics written to ``metrics.json``: ``status``, ``train_loss`` (the loss of the last
         step, the last number the seed prints), ``global_step``, ``seed``, ``lr``, ``accelerator``,
-        ``fit_seconds``, the sizes, and the validation metrics when there are any.
+        ``fit_seconds``, ``updates_per_step`` and ``update_path`` (the path the fit took), the sizes,
+        and the validation metrics when there are any.
 
     Raises:
         ConfigError: a value is out of range, the data does not fit the model, or the output dir
@@ -195,6 +196,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     validate(cfg)
     out = _output_dir(cfg)
+    ups = updates_per_step(cfg)
     with _isolated_global_state():
         # One generator draws x, y, w1, w2 in the seed's order: the data first, then the weights.
         generator = torch.Generator().manual_seed(cfg.seed)
@@ -210,12 +212,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 lr=cfg.optim.lr,
                 activation=cfg.model.activation,
                 generator=generator,
-                updates_per_step=cfg.trainer.updates_per_step,
+                updates_per_step=ups,
+                update_path=cfg.trainer.update_path,
             )
         else:
             model = _load_model(cfg.ckpt_path, data)
         out.mkdir(parents=True, exist_ok=True)
-        trainer = _make_trainer(cfg, out, validation)
+        trainer = _make_trainer(cfg, out, validation, ups)
         started = time.perf_counter()
         if cfg.mode == "train":
             # weights_only: a checkpoint holds tensors and scalars only, so no pickled code is run.
@@ -243,6 +246,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "hidden_features": model.hparams.hidden_features,
         "out_features": model.hparams.out_features,
         "fit_seconds": seconds,
+        "updates_per_step": model.hparams.updates_per_step,
+        "update_path": model.update_path_taken,
         "dead_units": model.dead_units,
         **{k: v for k, v in trainer.callback_metrics.items() if k.startswith("val_")},
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import math
 from dataclasses import dataclass, field
+from functools import reduce
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ ACCELERATORS = ("cpu", "gpu", "auto")
 PRECISIONS = ("32-true", "32", "64-true", "64")
 LOGGERS = ("csv", "tensorboard", "none")
 STRATEGIES = ("auto", "ddp")
+UPDATE_PATHS = ("direct", "lightning", "cuda_graph")  # LitTwoLayerNet's update_path
 
 
 DATA_KINDS = ("synthetic", "files")
@@ -61,7 +63,8 @@ class TrainerConfig:
     num_nodes: int = 1  # machines taking part (ddp)
     precision: str = "32-true"  # 32-true | 64-true; mixed precisions are refused
     enable_progress_bar: bool | None = None  # Lightning's progress bar; None: only when stdout is a terminal
-    updates_per_step: int = 1  # seed updates per Lightning training step (same arithmetic, less overhead)
+    updates_per_step: int | None = None  # updates per Lightning training step; null: as many as the intervals allow
+    update_path: str = "direct"  # direct | lightning (every per-update hook; DDP) | cuda_graph (GPU)
     checkpoint_every_n_steps: int = 0  # also save checkpoints/step-N.ckpt every N updates; 0: only last.ckpt
     val_every_n_steps: int = 50  # validate every this many training steps (when there is validation data)
 
@@ -77,6 +80,31 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+def updates_per_step(cfg: Any) -> int:
+    """``trainer.updates_per_step``, or when it is null the most that changes nothing a user sees.
+
+    Several updates per training step only make sense when every step fetches the same full
+    batch; then the number is the largest that divides every interval that Lightning checks once
+    per training step (``log_every_n_steps``, ``checkpoint_every_n_steps``, ``val_every_n_steps``
+    when there is validation data), so each still fires at exactly its step. Mini-batches and DDP
+    get 1: one update per fetched batch.
+
+    Example:
+        >>> from omegaconf import OmegaConf
+        >>> updates_per_step(OmegaConf.structured(Config))  # log_every_n_steps=50, nothing else
+        50
+    """
+    trainer, data = cfg.trainer, cfg.data
+    if trainer.updates_per_step is not None:
+        return trainer.updates_per_step
+    if trainer.strategy == "ddp" or (data.kind == "files" and data.batch_size is not None):
+        return 1
+    intervals = [trainer.log_every_n_steps, trainer.checkpoint_every_n_steps]
+    if data.kind == "files" and data.val_fraction:
+        intervals.append(trainer.val_every_n_steps)
+    return reduce(math.gcd, [n for n in intervals if n > 0])
 
 
 def register_configs() -> None:
@@ -142,9 +170,16 @@ def validate(cfg: Any, cuda_available: bool | None = None) -> None:
         problems.append(f"optim.lr={lr!r} is not allowed: use a finite number > 0 (the seed uses 1e-6)")
     positive_int("trainer.max_steps", cfg.trainer.max_steps)
     positive_int("trainer.log_every_n_steps", cfg.trainer.log_every_n_steps)
-    positive_int("trainer.updates_per_step", cfg.trainer.updates_per_step)
+    if cfg.trainer.updates_per_step is not None:
+        positive_int("trainer.updates_per_step", cfg.trainer.updates_per_step)
     positive_int("trainer.val_every_n_steps", cfg.trainer.val_every_n_steps)
     ups = cfg.trainer.updates_per_step
+    if isinstance(ups, int) and ups > 1 and data.kind == "files" and data.batch_size is not None:
+        problems.append(
+            f"trainer.updates_per_step={ups} is not allowed with data.batch_size={data.batch_size}: each "
+            f"mini-batch would get {ups} updates instead of one; use trainer.updates_per_step=1 (or leave it "
+            "unset), or data.batch_size=null for full-batch training"
+        )
     if isinstance(ups, int) and ups > 1:
         # Lightning looks at these intervals once per training step, i.e. every `ups` updates.
         intervals = ["checkpoint_every_n_steps"]
@@ -173,10 +208,22 @@ def validate(cfg: Any, cuda_available: bool | None = None) -> None:
             f"data.num_samples={data.num_samples} is not allowed with {processes} DDP processes: each needs at "
             f"least one row; use data.num_samples >= {processes} or fewer trainer.devices"
         )
-    if cfg.trainer.strategy == "ddp" and cfg.trainer.updates_per_step != 1:
+    if cfg.trainer.strategy == "ddp" and cfg.trainer.updates_per_step not in (1, None):
         problems.append(
             f"trainer.updates_per_step={cfg.trainer.updates_per_step!r} is not allowed with trainer.strategy=ddp: "
             "DDP syncs gradients once per forward of a training step; use trainer.updates_per_step=1"
+        )
+    path = cfg.trainer.update_path
+    choice("trainer.update_path", path, UPDATE_PATHS)
+    if cfg.trainer.strategy == "ddp" and path != "lightning":
+        problems.append(
+            f"trainer.update_path={path!r} is not allowed with trainer.strategy=ddp: DDP syncs gradients in "
+            "Lightning's backward; use trainer.update_path=lightning (trainer=ddp sets it)"
+        )
+    if path == "cuda_graph" and data.kind == "files" and data.batch_size is not None:
+        problems.append(
+            f"trainer.update_path='cuda_graph' is not allowed with data.batch_size={data.batch_size}: the graph "
+            "replays one fixed batch; use data.batch_size=null (full batch) or trainer.update_path=direct"
         )
     choice("logger", cfg.logger, LOGGERS)
     if cfg.logger == "tensorboard" and not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
@@ -191,15 +238,19 @@ def validate(cfg: Any, cuda_available: bool | None = None) -> None:
         )
     accelerator = cfg.trainer.accelerator
     choice("trainer.accelerator", accelerator, ACCELERATORS)
-    if accelerator == "gpu":
-        if cuda_available is None:
-            import torch
+    if accelerator in ("gpu", "auto") and cuda_available is None:
+        import torch
 
-            cuda_available = torch.cuda.is_available()
-        if not cuda_available:
-            problems.append(
-                "trainer.accelerator='gpu' is not available: this torch sees no CUDA device; "
-                "use trainer.accelerator=cpu (or auto, which picks a GPU when there is one)"
-            )
+        cuda_available = torch.cuda.is_available()
+    if accelerator == "gpu" and not cuda_available:
+        problems.append(
+            "trainer.accelerator='gpu' is not available: this torch sees no CUDA device; "
+            "use trainer.accelerator=cpu (or auto, which picks a GPU when there is one)"
+        )
+    if path == "cuda_graph" and (accelerator == "cpu" or (accelerator == "auto" and not cuda_available)):
+        problems.append(
+            f"trainer.update_path='cuda_graph' needs a GPU, and trainer.accelerator={accelerator!r} trains on the "
+            "CPU here; use trainer.accelerator=gpu, or trainer.update_path=direct (the same arithmetic, no graph)"
+        )
     if problems:
         raise ConfigError(problems)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import ExplainedVariance, MeanSquaredError, MetricCollection, R2Score
 
 from twolayer_lightning.model import Activation, TwoLayerNet, sum_squared_error
@@ -15,14 +16,31 @@ from twolayer_lightning.optim import InPlaceSGD
 
 log = logging.getLogger(__name__)
 
+UpdatePath = Literal["direct", "lightning", "cuda_graph"]
+UPDATE_PATHS: tuple[str, ...] = ("direct", "lightning", "cuda_graph")
+
 
 class LitTwoLayerNet(L.LightningModule):
     """The seed's training loop, step for step, inside Lightning.
 
-    Each training step is one update of the seed: forward ``x.mm(w1).clamp(min=0).mm(w2)``, loss
-    ``(y_pred - y).pow(2).sum()``, ``manual_backward`` and ``InPlaceSGD.step()``, which runs
-    ``w -= lr * w.grad; w.grad.zero_()``. The step goes through the optimizer so that Lightning
-    counts it: ``trainer.global_step`` is the number of updates and ``max_steps`` stops exactly.
+    Each update is the seed's: forward ``x.mm(w1).clamp(min=0).mm(w2)``, loss
+    ``(y_pred - y).pow(2).sum()``, backward, then :class:`InPlaceSGD`'s
+    ``w -= lr * w.grad; w.grad.zero_()``. Lightning counts every update, whichever path runs it:
+    ``trainer.global_step`` is the number of updates and ``max_steps`` stops exactly.
+
+    ``update_path`` says how an update runs; every path gives the same weights, bit for bit:
+
+    - ``"direct"`` (the default): one plain function per update (forward, ``loss.backward()``,
+      :meth:`InPlaceSGD.update`), counted in ``global_step`` by the same two calls that
+      ``LightningOptimizer.step`` makes around an optimizer step. It skips Lightning's per-update
+      wrappers and hooks (``on_before_backward``, ``on_after_backward``,
+      ``on_before_optimizer_step``, a ``backward`` override, optimizer step hooks), which at the
+      seed's size cost as much as a third of the update itself. One process only: under DDP the
+      module takes the ``"lightning"`` path, which DDP's gradient sync needs.
+    - ``"lightning"``: ``manual_backward(loss)`` and ``optimizer.step()``, the textbook manual
+      optimization; every hook above runs. For callbacks that need them.
+    - ``"cuda_graph"``: the direct update captured once as a CUDA graph and replayed (GPU only,
+      every batch the same shape). Kernel launches and Python leave the loop.
 
     The loss of every step is kept on the device and looked at every ``log_every_n_steps``
     steps of the Trainer (one device sync per interval, not per step): each step's loss goes to
@@ -42,6 +60,7 @@ class LitTwoLayerNet(L.LightningModule):
             cost when every batch is the same full batch. Each update still goes through the
             optimizer, so ``global_step`` counts updates, and the last training step runs only
             as many as ``max_steps`` leaves.
+        update_path: ``"direct"``, ``"lightning"`` or ``"cuda_graph"``, see above.
 
     Example:
         >>> from twolayer_lightning import SyntheticRegressionData
@@ -64,11 +83,16 @@ class LitTwoLayerNet(L.LightningModule):
         activation: Activation = "clamp",
         generator: torch.Generator | None = None,
         updates_per_step: int = 1,
+        update_path: UpdatePath = "direct",
     ) -> None:
         super().__init__()
         if isinstance(updates_per_step, bool) or not isinstance(updates_per_step, int) or updates_per_step <= 0:
             raise ValueError(
                 f"LitTwoLayerNet: updates_per_step={updates_per_step!r} is not allowed; use an integer >= 1"
+            )
+        if update_path not in UPDATE_PATHS:
+            raise ValueError(
+                f"LitTwoLayerNet: update_path={update_path!r} is not allowed; use one of {', '.join(UPDATE_PATHS)}"
             )
         # Only scalars: the checkpoint then loads with weights_only=True.
         self.save_hyperparameters(ignore=["generator"])
@@ -79,6 +103,8 @@ class LitTwoLayerNet(L.LightningModule):
         self.dead_units: float = math.nan  # share of hidden units dead at the end of the last fit, 0..1
         self._pending: list[torch.Tensor] = []  # losses not yet brought to the host
         self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (x, y, y_pred) of the last update
+        self._path: str = update_path  # the path this fit takes, settled in on_train_start
+        self._graph: _CapturedUpdate | None = None  # the cuda_graph path's graph, captured at the first step
         # One metric object per stage. Train metrics are taken at each report on the batch just
         # used (the whole training set when training is full batch), so steps between reports
         # cost nothing; validation metrics cover the whole validation set.
@@ -98,6 +124,41 @@ class LitTwoLayerNet(L.LightningModule):
         self.losses = []
         self.diverged_at = None
         self._pending = []
+        self._graph = None
+        self._path = self._settle_path()
+
+    def _settle_path(self) -> str:
+        """The update path this fit can take: the one asked for, or ``"lightning"`` where it must be."""
+        path = self.hparams.update_path
+        if path == "lightning":
+            return path
+        if path == "cuda_graph" and self.device.type != "cuda":
+            raise ValueError(
+                f"LitTwoLayerNet: update_path='cuda_graph' needs a CUDA device, and this fit runs on "
+                f"{self.device.type}; use update_path='direct' (the same arithmetic without a graph)"
+            )
+        if self.trainer.world_size > 1:
+            if path == "cuda_graph":
+                raise ValueError(
+                    "LitTwoLayerNet: update_path='cuda_graph' runs in one process, and this fit has "
+                    f"{self.trainer.world_size}; use update_path='lightning' with DDP"
+                )
+            return "lightning"  # DDP syncs gradients in its own backward hooks: the textbook path
+        optimizer = self.optimizers()
+        if not isinstance(optimizer.optimizer, InPlaceSGD):
+            rank_zero_warn(
+                f"LitTwoLayerNet: update_path={path!r} needs configure_optimizers to return an InPlaceSGD, not "
+                f"{type(optimizer.optimizer).__name__}; taking update_path='lightning'"
+            )
+            return "lightning"
+        if not all(callable(getattr(optimizer, name, None)) for name in ("_on_before_step", "_on_after_step")):
+            # The two calls LightningOptimizer.step makes to count a step; private, so checked.
+            rank_zero_warn(
+                f"LitTwoLayerNet: this Lightning's LightningOptimizer has no _on_before_step/_on_after_step, "
+                f"which update_path={path!r} uses to count updates; taking update_path='lightning'"
+            )
+            return "lightning"
+        return path
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -112,14 +173,27 @@ class LitTwoLayerNet(L.LightningModule):
         # other, so those look at each interval's losses together.
         check_each = world_size == 1 and x.device.type == "cpu"
         diverged = False
+        if self._path == "cuda_graph" and self._graph is None:
+            self._graph = _CapturedUpdate(self, x, y)
         for _ in range(updates):
-            y_pred = self(x)
-            loss = sum_squared_error(y_pred, y)  # with several processes: the sum over this rank's rows
-            # DDP averages gradients over the W ranks; W times each rank's sum makes that average the
-            # full batch's gradient, the seed's. One process multiplies by nothing, to stay bitwise.
-            self.manual_backward(loss * world_size if world_size > 1 else loss)
-            optimizer.step()  # the seed's `w -= lr * w.grad; w.grad.zero_()`, counted in global_step
-            self._pending.append(loss.detach())
+            if self._path == "lightning":
+                y_pred = self(x)
+                loss = sum_squared_error(y_pred, y)  # with several processes: the sum over this rank's rows
+                # DDP averages gradients over the W ranks; W times each rank's sum makes that average the
+                # full batch's gradient, the seed's. One process multiplies by nothing, to stay bitwise.
+                self.manual_backward(loss * world_size if world_size > 1 else loss)
+                optimizer.step()  # the seed's `w -= lr * w.grad; w.grad.zero_()`, counted in global_step
+                loss = loss.detach()
+            else:
+                # LightningOptimizer.step makes these two calls around an optimizer's step; they
+                # count it in global_step. Between them runs the whole update, without the wrappers.
+                optimizer._on_before_step()
+                if self._path == "direct":
+                    loss, y_pred = self._direct_update(x, y, optimizer.optimizer)
+                else:
+                    loss, y_pred = self._graph.replay(x, y)
+                optimizer._on_after_step()
+            self._pending.append(loss)
             if check_each and not math.isfinite(loss.item()):
                 diverged = True
                 break
@@ -132,6 +206,19 @@ class LitTwoLayerNet(L.LightningModule):
                 # For callbacks (checkpoint monitors) and the progress bar; the logger got every step.
                 self.log("train_loss", self.last_loss, logger=False, prog_bar=True)
         return loss
+
+    def _direct_update(
+        self, x: torch.Tensor, y: torch.Tensor, optimizer: InPlaceSGD
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One seed update as one plain function: forward, loss, backward, the in-place update.
+
+        Returns the loss (detached) and the predictions it was computed from.
+        """
+        y_pred = self.net(x)
+        loss = sum_squared_error(y_pred, y)
+        loss.backward()
+        optimizer.update()  # w -= lr * w.grad; w.grad.zero_()
+        return loss.detach(), y_pred.detach()
 
     def on_train_end(self) -> None:
         self._report()
@@ -163,6 +250,11 @@ class LitTwoLayerNet(L.LightningModule):
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self(x)
+
+    @property
+    def update_path_taken(self) -> str:
+        """The update path the last fit took: ``update_path``, or ``"lightning"`` where it had to (DDP)."""
+        return self._path
 
     @property
     def last_loss(self) -> float:
@@ -234,3 +326,45 @@ class LitTwoLayerNet(L.LightningModule):
                 100 * self.dead_units,
                 self.hparams.lr,
             )
+
+
+class _CapturedUpdate:
+    """One direct update (forward, loss, backward, in-place update) captured as a CUDA graph.
+
+    Replaying it runs the same kernels on the same memory as the eager update, so the weights
+    stay bitwise equal to it, with one launch instead of about twenty and no Python per update.
+    The graph reads the batch from the tensors it was captured with, so every training step must
+    bring those same tensors: the full batch, which the data modules keep on the device.
+    """
+
+    def __init__(self, module: LitTwoLayerNet, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+        optimizer = module.optimizers().optimizer
+        params = list(module.net.parameters())
+        # Capture needs a few eager runs first (on a side stream) for autograd's and cuBLAS's
+        # first-call set-up. They update the weights, so the weights are put back afterwards.
+        saved = [p.detach().clone() for p in params]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                module._direct_update(x, y, optimizer)
+        torch.cuda.current_stream().wait_stream(side)
+        with torch.no_grad():
+            for p, value in zip(params, saved, strict=True):
+                p.copy_(value)
+                p.grad = None  # backward in the graph then owns the gradients' memory
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):  # records the kernels; nothing runs until replay
+            self.loss, self.y_pred = module._direct_update(x, y, optimizer)
+
+    def replay(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run one update; the loss is a new tensor, the predictions the graph's own (overwritten by the next)."""
+        if x is not self.x or y is not self.y:
+            raise ValueError(
+                "LitTwoLayerNet: update_path='cuda_graph' replays the batch it was captured with, and this "
+                "training step got other tensors; train on the full batch (data.batch_size unset: the data "
+                "modules then give the same device tensors every step) or use update_path='direct'"
+            )
+        self.graph.replay()
+        return self.loss.clone(), self.y_pred

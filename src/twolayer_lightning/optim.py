@@ -68,13 +68,24 @@ class InPlaceSGD(torch.optim.Optimizer):
                 "None (a leaf with requires_grad=False inside no_grad, a non-leaf outside), and the optimizer "
                 "keeps updating the old one"
             )
+        self.update()
+        return loss
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """The update alone, for a caller that has just run ``backward`` itself.
+
+        No closure, no gradient check and none of ``torch.optim``'s step hooks or profiler
+        records, which make :meth:`step` cost 55 us against 38 us for this at the seed's size on
+        one CPU core. ``LitTwoLayerNet`` calls it on its direct path and captures it into a CUDA
+        graph on its ``cuda_graph`` path.
+        """
         for group in self.param_groups:
             lr = group["lr"]
             for p in group["params"]:
                 # The seed's update, written the same way so that it rounds the same way.
                 p -= lr * p.grad
                 p.grad.zero_()
-        return loss
 
 
 def _names(group: dict[str, Any]) -> list[str]:
