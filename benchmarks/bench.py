@@ -12,8 +12,10 @@ Variants, each timed from the same initial tensors (x, y, w1, w2 drawn in the se
 
 - ``raw``: the seed's section 三 loop written out below, without ``loss.item()``.
 - ``raw+item``: the same with ``loss.item()`` every update, as the seed's ``print(t, loss.item())``.
-- ``pkg ups=K``: LitTwoLayerNet + SyntheticRegressionData in a ``lightning.Trainer`` with
-  ``updates_per_step=K``.
+- ``raw graph`` (CUDA only): the raw loop's body captured once as a CUDA graph and replayed: what
+  the GPU can do without Python and kernel launches, for reference.
+- ``pkg PATH ups=K``: LitTwoLayerNet + SyntheticRegressionData in a ``lightning.Trainer`` with
+  ``update_path=PATH`` and ``updates_per_step=K``.
 - ``run() csv``: ``twolayer_lightning.run([...])`` with the CSV logger (``--with-run``).
 
 Every package variant must end with weights ``torch.equal`` to the raw loop's and with
@@ -46,6 +48,7 @@ import lightning as L
 import torch
 
 from twolayer_lightning import LitTwoLayerNet, SyntheticRegressionData, run
+from twolayer_lightning.module import UPDATE_PATHS
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SHAPES = "64x1000x100x10,4096x1000x1024x10,16384x1000x2048x10"
@@ -169,12 +172,58 @@ class LoopTimer(L.Callback):
         self.seconds = clock() - self.started
 
 
-def package_fit(s: Shape, device: torch.device, steps: int, updates_per_step: int, log_every: int) -> Result:
+def raw_graph_loop(tensors: tuple[torch.Tensor, ...], lr: float, steps: int) -> Result:
+    """The raw loop's body captured once as a CUDA graph (after eager warm-up on a copy), then replayed."""
+    x, y, w1, w2 = tensors
+    w1 = w1.clone().requires_grad_(True)
+    w2 = w2.clone().requires_grad_(True)
+    initial = (w1.detach().clone(), w2.detach().clone())
+
+    def body() -> torch.Tensor:
+        loss = (x.mm(w1).clamp(min=0).mm(w2) - y).pow(2).sum()
+        loss.backward()
+        with torch.no_grad():
+            w1.sub_(lr * w1.grad)  # what `w1 -= lr * w1.grad` calls; `-=` would make w1 local here
+            w2.sub_(lr * w2.grad)
+            w1.grad.zero_()
+            w2.grad.zero_()
+        return loss
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            body()
+    torch.cuda.current_stream().wait_stream(side)
+    with torch.no_grad():
+        w1.copy_(initial[0])
+        w2.copy_(initial[1])
+    w1.grad = w2.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        body()
+    sync(x.device)
+    started = clock()
+    for _ in range(steps):
+        graph.replay()
+    sync(x.device)
+    return Result(clock() - started, w1.detach(), w2.detach(), steps)
+
+
+def package_fit(
+    s: Shape, device: torch.device, steps: int, updates_per_step: int, log_every: int, path: str = "direct"
+) -> Result:
     """LitTwoLayerNet in a Trainer; the per-update time excludes Trainer construction and fit set-up."""
     generator = torch.Generator().manual_seed(SEED)
     data = SyntheticRegressionData(s.n, s.d_in, s.d_out, generator=generator)
     model = LitTwoLayerNet(
-        s.d_in, s.h, s.d_out, lr=learning_rate(s), generator=generator, updates_per_step=updates_per_step
+        s.d_in,
+        s.h,
+        s.d_out,
+        lr=learning_rate(s),
+        generator=generator,
+        updates_per_step=updates_per_step,
+        update_path=path,
     )
     timer = LoopTimer(device)
     started = clock()
@@ -202,7 +251,9 @@ def package_fit(s: Shape, device: torch.device, steps: int, updates_per_step: in
     )
 
 
-def run_path(s: Shape, device: torch.device, steps: int, updates_per_step: int, log_every: int) -> Result:
+def run_path(
+    s: Shape, device: torch.device, steps: int, updates_per_step: int, log_every: int, path: str = "direct"
+) -> Result:
     """``twolayer_lightning.run`` with the CSV logger; per-update time is its ``fit_seconds`` (with fit set-up)."""
     with tempfile.TemporaryDirectory(prefix="bench-run-") as tmp:
         overrides = [
@@ -215,6 +266,7 @@ def run_path(s: Shape, device: torch.device, steps: int, updates_per_step: int, 
             f"trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}",
             f"trainer.max_steps={steps}",
             f"trainer.updates_per_step={updates_per_step}",
+            f"trainer.update_path={path}",
             f"trainer.log_every_n_steps={log_every}",
             "logger=csv",
         ]
@@ -280,25 +332,36 @@ def bench_shape(s: Shape, args: argparse.Namespace, device: torch.device) -> lis
         Variant("raw", lambda: raw_loop(tensors, lr, steps, item=False)),
         Variant("raw+item", lambda: raw_loop(tensors, lr, steps, item=True)),
     ]
-    effective = set()
-    for ups in args.updates_per_step:
-        # With steps <= ups the whole fit is one training step: a larger ups would time the same thing.
-        if min(ups, steps) in effective:
-            print(f"  {s}: pkg ups={ups} skipped: with steps={steps} it runs as ups={min(ups, steps)}")
-            continue
-        effective.add(min(ups, steps))
-        variants.append(Variant(f"pkg ups={ups}", lambda ups=ups: package_fit(s, device, steps, ups, args.log_every)))
+    if device.type == "cuda":
+        variants.append(Variant("raw graph", lambda: raw_graph_loop(tensors, lr, steps)))
+    for path in args.paths:
+        effective = set()
+        for ups in args.updates_per_step:
+            # With steps <= ups the whole fit is one training step: a larger ups would time the same thing.
+            if min(ups, steps) in effective:
+                print(f"  {s}: pkg {path} ups={ups} skipped: with steps={steps} it runs as ups={min(ups, steps)}")
+                continue
+            effective.add(min(ups, steps))
+            variants.append(
+                Variant(
+                    f"pkg {path} ups={ups}",
+                    lambda ups=ups, path=path: package_fit(s, device, steps, ups, args.log_every, path),
+                )
+            )
     if args.with_run:
-        ups = args.updates_per_step[0]
+        ups, path = args.updates_per_step[0], args.paths[0]
         # Its per-update time is the fit_seconds that train() measures: wall time, whatever --clock says.
         name = f"run() csv ups={ups}" + (" wall" if args.clock == "cpu" else "")
-        variants.append(Variant(name, lambda: run_path(s, device, steps, ups, args.log_every)))
+        variants.append(Variant(name, lambda: run_path(s, device, steps, ups, args.log_every, path)))
 
     # Warm-up: a short run of each kind, so that no timed run pays first-call costs.
     raw_loop(tensors, lr, min(steps, 2), item=True)
-    package_fit(s, device, min(steps, 2), 1, args.log_every)
+    if device.type == "cuda":
+        raw_graph_loop(tensors, lr, min(steps, 2))
+    for path in args.paths:
+        package_fit(s, device, min(steps, 2), 1, args.log_every, path)
     if args.with_run:
-        run_path(s, device, min(steps, 2), 1, args.log_every)
+        run_path(s, device, min(steps, 2), 1, args.log_every, args.paths[0])
 
     reference: Result | None = None
     mm = []
@@ -349,15 +412,16 @@ def ragged_check(s: Shape, args: argparse.Namespace, device: torch.device) -> bo
     lr = learning_rate(s)
     reference = raw_loop(tensors, lr, steps, item=False)
     ok = True
-    for ups in args.updates_per_step:
-        result = package_fit(s, device, steps, ups, args.log_every)
-        bitwise = torch.equal(result.w1, reference.w1) and torch.equal(result.w2, reference.w2)
-        step_ok = result.global_step == steps
-        ok &= bitwise and step_ok
-        print(
-            f"  {s} steps={steps} ups={ups} ({steps % ups} left over): global_step {result.global_step} "
-            f"({'ok' if step_ok else 'WRONG'})  bitwise: {'yes' if bitwise else 'no'}"
-        )
+    for path in args.paths:
+        for ups in args.updates_per_step:
+            result = package_fit(s, device, steps, ups, args.log_every, path)
+            bitwise = torch.equal(result.w1, reference.w1) and torch.equal(result.w2, reference.w2)
+            step_ok = result.global_step == steps
+            ok &= bitwise and step_ok
+            print(
+                f"  {s} steps={steps} {path} ups={ups} ({steps % ups} left over): global_step "
+                f"{result.global_step} ({'ok' if step_ok else 'WRONG'})  bitwise: {'yes' if bitwise else 'no'}"
+            )
     return ok
 
 
@@ -467,19 +531,19 @@ def multirun(repeats: int, jobs: int, threads: int | None) -> None:
 
 
 def profile_fit(s: Shape, args: argparse.Namespace, device: torch.device) -> None:
-    """cProfile of one package fit (the first updates_per_step), top functions by own time.
+    """cProfile of one package fit (the first path and updates_per_step), top functions by own time.
 
     cProfile slows Python code several times over and native code not at all, so read it for
     where the Python-side time goes, not for the per-update time.
     """
     steps = args.steps or 1000
-    ups = args.updates_per_step[0]
-    package_fit(s, device, min(steps, 20), ups, args.log_every)  # warm-up
+    ups, path = args.updates_per_step[0], args.paths[0]
+    package_fit(s, device, min(steps, 20), ups, args.log_every, path)  # warm-up
     profiler = cProfile.Profile()
     profiler.enable()
-    package_fit(s, device, steps, ups, args.log_every)
+    package_fit(s, device, steps, ups, args.log_every, path)
     profiler.disable()
-    print(f"\nprofile: pkg ups={ups}, {s}, {steps} steps (cProfile; own time, then cumulative)")
+    print(f"\nprofile: pkg {path} ups={ups}, {s}, {steps} steps (cProfile; own time, then cumulative)")
     stats = pstats.Stats(profiler, stream=sys.stdout)
     stats.sort_stats("tottime").print_stats(20)
     stats.sort_stats("cumtime").print_stats(30)
@@ -518,6 +582,12 @@ def main() -> int:
     )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
     parser.add_argument("--updates-per-step", default="1,10,50", help="package variants, comma-separated")
+    parser.add_argument(
+        "--paths",
+        default=None,
+        help="update paths of the package variants, comma-separated (default: direct,lightning; "
+        "on cuda also cuda_graph)",
+    )
     parser.add_argument("--log-every", type=int, default=50, help="Trainer log_every_n_steps (the config's 50)")
     parser.add_argument("--with-run", action="store_true", help="also time twolayer_lightning.run with the CSV logger")
     parser.add_argument("--startup", action="store_true", help="also time process start-up (subprocesses)")
@@ -526,6 +596,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a tiny run for a smoke check")
     args = parser.parse_args()
     args.updates_per_step = [int(v) for v in args.updates_per_step.split(",")]
+    default_paths = "direct,lightning,cuda_graph" if args.device == "cuda" else "direct,lightning"
+    args.paths = (args.paths or default_paths).split(",")
+    for path in args.paths:
+        if path not in UPDATE_PATHS or (path == "cuda_graph" and args.device != "cuda"):
+            allowed = UPDATE_PATHS if args.device == "cuda" else [p for p in UPDATE_PATHS if p != "cuda_graph"]
+            raise SystemExit(f"--paths: {path!r} is not allowed with --device {args.device}; use {', '.join(allowed)}")
     if args.quick:
         args.shapes = args.shapes or QUICK_SHAPES
         args.steps = args.steps or 60
