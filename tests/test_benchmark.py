@@ -15,9 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_benchmark_quick_run_is_bitwise():
+@pytest.mark.parametrize("extra", [[], ["--batch-size", "16"]], ids=["full-batch", "mini-batches"])
+def test_benchmark_quick_run_is_bitwise(extra):
     result = subprocess.run(
-        [sys.executable, "benchmarks/bench.py", "--quick"], cwd=ROOT, capture_output=True, text=True, timeout=600
+        [sys.executable, "benchmarks/bench.py", "--quick", *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "bitwise: yes" in result.stdout

@@ -270,8 +270,13 @@ def test_full_batch_mode_yields_the_whole_training_set_every_step():
 
 
 def epochs_of_rows(data: FileRegressionData, epochs: int) -> list[list[int]]:
+    """The training rows in the order each epoch serves them (the Trainer sets the epoch the same way)."""
     loader = data.train_dataloader()
-    return [[int(row) for batch_x, _ in loader for row in batch_x[:, 0]] for _ in range(epochs)]
+    rows = []
+    for epoch in range(epochs):
+        loader.sampler.set_epoch(epoch)
+        rows.append([int(row) for batch_x, _ in loader for row in batch_x[:, 0]])
+    return rows
 
 
 def test_mini_batches_are_shuffled_reproducibly_and_cover_every_training_row_once_per_epoch():
@@ -289,6 +294,38 @@ def test_mini_batches_are_shuffled_reproducibly_and_cover_every_training_row_onc
     assert epochs_of_rows(other_seed, 1)[0] != epochs[0]
     in_order = FileRegressionData(x, y, val_fraction=0.2, batch_size=4, seed=5, shuffle=False)
     assert epochs_of_rows(in_order, 2) == [train_rows, train_rows]
+
+
+class BatchRecorder(L.Callback):
+    def __init__(self) -> None:
+        self.rows: list[list[int]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.rows.append([int(row) for row in batch[0][:, 0]])
+
+
+def test_the_trainer_trains_on_the_batches_each_epoch_gives_however_it_iterates():
+    """Lightning iterates the loader its own way; the batches must still be a function of seed and epoch.
+
+    A DataLoader(shuffle=True, generator=...) fails this: the Trainer's second epoch differs from
+    iterating the loader by hand, since every iter() draws from the one generator.
+    """
+    x, y = indexed_xy(23)
+    data = FileRegressionData(x, y, val_fraction=0.2, batch_size=4, seed=5)
+    recorder = BatchRecorder()
+    model = LitTwoLayerNet(2, 3, 1, lr=1e-9)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=15,  # 3 epochs of 5 batches
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[recorder],
+    )
+    trainer.fit(model, datamodule=data)
+    by_hand = epochs_of_rows(FileRegressionData(x, y, val_fraction=0.2, batch_size=4, seed=5), 3)
+    assert [row for batch in recorder.rows for row in batch] == [row for epoch in by_hand for row in epoch]
 
 
 def test_from_files_reads_the_data_and_passes_the_options(tmp_path):
@@ -468,12 +505,15 @@ def test_ddp_ranks_split_the_single_process_mini_batches(shuffle, world_size):
     ranks = []
     for rank in range(world_size):
         data = FileRegressionData(x, x, batch_size=5, shuffle=shuffle, seed=3)
-        data.trainer = SimpleNamespace(global_rank=rank, world_size=world_size)
+        cpu = SimpleNamespace(root_device=torch.device("cpu"))
+        data.trainer = SimpleNamespace(global_rank=rank, world_size=world_size, strategy=cpu)
         ranks.append(data)
     single_loader = single.train_dataloader()
     rank_loaders = [data.train_dataloader() for data in ranks]
     epochs = []
-    for _epoch in range(2):  # each epoch reshuffles, in step on every rank
+    for epoch in range(2):  # each epoch reshuffles, in step on every rank
+        for loader in [single_loader, *rank_loaders]:
+            loader.sampler.set_epoch(epoch)  # as the Trainer does on every rank
         expected = [xb.flatten().tolist() for xb, _ in single_loader]
         per_rank = [[xb.flatten().tolist() for xb, _ in loader] for loader in rank_loaders]
         assert all(len(batches) == len(expected) for batches in per_rank)
@@ -481,3 +521,27 @@ def test_ddp_ranks_split_the_single_process_mini_batches(shuffle, world_size):
         assert merged == expected
         epochs.append(expected)
     assert (epochs[0] != epochs[1]) == shuffle
+
+
+def test_mini_batch_resume_from_the_end_of_an_epoch_equals_an_uninterrupted_run(tmp_path):
+    """Epoch e's batches depend on the seed and e alone, and the checkpoint holds the epoch."""
+    x, y = make_xy(n=40, d_in=6, d_out=2, seed=3)
+    np.save(tmp_path / "x.npy", x.numpy())
+    np.save(tmp_path / "y.npy", y.numpy())
+    common = [
+        "data=files",
+        f"data.x_path={tmp_path / 'x.npy'}",
+        f"data.y_path={tmp_path / 'y.npy'}",
+        "data.batch_size=8",  # 5 batches per epoch
+        "model.hidden_features=5",
+        "optim.lr=1e-3",
+        "logger=none",
+        "trainer.max_steps=30",
+    ]
+    whole = run([*common, "trainer.checkpoint_every_n_steps=10"], output_dir=tmp_path / "a")
+    resumed = run([*common, f"ckpt_path={tmp_path / 'a' / 'checkpoints' / 'step-10.ckpt'}"], output_dir=tmp_path / "b")
+    assert resumed["global_step"] == whole["global_step"] == 30
+    assert resumed["train_loss"] == whole["train_loss"]
+    a = torch.load(tmp_path / "a" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -294,6 +294,19 @@ def test_direct_path_without_lightnings_step_counters_takes_the_lightning_path(m
     assert torch.equal(model.net.w2.detach(), expected_w2)
 
 
+def test_direct_path_under_ddp_takes_the_lightning_path():
+    """DDP syncs gradients inside Lightning's backward: with several processes the module must take that path."""
+    from types import SimpleNamespace
+
+    model = LitTwoLayerNet(5, 4, 2)
+    model._trainer = SimpleNamespace(world_size=2)  # what _settle_path asks of the Trainer first
+    assert model._settle_path() == "lightning"
+    graphed = LitTwoLayerNet(5, 4, 2, update_path="cuda_graph")
+    graphed._trainer = SimpleNamespace(world_size=2)
+    with pytest.raises(ValueError, match=r"needs a CUDA device|runs in one process"):
+        graphed._settle_path()
+
+
 def test_cuda_graph_path_on_the_cpu_is_refused_with_the_fix():
     generator = torch.Generator().manual_seed(0)
     data = SyntheticRegressionData(8, 5, 2, generator=generator)

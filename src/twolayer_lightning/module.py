@@ -221,6 +221,7 @@ class LitTwoLayerNet(L.LightningModule):
         return loss.detach(), y_pred.detach()
 
     def on_train_end(self) -> None:
+        self._graph = None  # a later fit captures afresh (its batch tensors may be other ones)
         self._report()
         if self.diverged_at is None and self._last is not None:
             self._measure_dead_units()
