@@ -16,7 +16,13 @@ Variants, each timed from the same initial tensors (x, y, w1, w2 drawn in the se
   the GPU can do without Python and kernel launches, for reference.
 - ``pkg PATH ups=K``: LitTwoLayerNet + SyntheticRegressionData in a ``lightning.Trainer`` with
   ``update_path=PATH`` and ``updates_per_step=K``.
-- ``run() csv``: ``twolayer_lightning.run([...])`` with the CSV logger (``--with-run``).
+- ``run() csv defaults``: ``twolayer_lightning.run([...])`` with the CSV logger and the config's
+  defaults (``--with-run``).
+
+With ``--batch-size B`` every update takes the next shuffled mini-batch of B rows instead of the
+full batch: the raw loop gathers it with ``x[idx]``, its indices drawn by the same
+``EpochBatches`` sampler that the package's ``FileRegressionData`` uses, so the two train on the
+same batches in the same order.
 
 Every package variant must end with weights ``torch.equal`` to the raw loop's and with
 ``global_step == steps``; the script says ``bitwise: yes/no`` and exits with status 1 on a mismatch.
@@ -29,6 +35,7 @@ import contextlib
 import cProfile
 import gc
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -47,11 +54,13 @@ from typing import NamedTuple
 import lightning as L
 import torch
 
-from twolayer_lightning import LitTwoLayerNet, SyntheticRegressionData, run
+from twolayer_lightning import FileRegressionData, LitTwoLayerNet, SyntheticRegressionData, run
+from twolayer_lightning.data import EpochBatches
 from twolayer_lightning.module import UPDATE_PATHS
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SHAPES = "64x1000x100x10,4096x1000x1024x10,16384x1000x2048x10"
+CUDA_SHAPES = DEFAULT_SHAPES + ",65536x1000x4096x10"  # about 1.1 TFLOP per update: seconds on a CPU core
 QUICK_SHAPES = "64x1000x100x10"
 SEED = 0
 MAX_AUTO_STEPS = 2000
@@ -132,14 +141,36 @@ class Result:
     once: dict[str, float] = field(default_factory=dict)  # one-time costs in seconds, by name
 
 
-def raw_loop(tensors: tuple[torch.Tensor, ...], lr: float, steps: int, item: bool) -> Result:
-    """The seed's section 三 loop, with ``loss.item()`` every update if ``item``."""
-    x, y, w1, w2 = tensors
+def index_batches(n: int, batch_size: int) -> Iterator[torch.Tensor]:
+    """Shuffled mini-batches of row indices, epoch after epoch, as FileRegressionData(seed=SEED) draws them.
+
+    The raw loop gathers each batch itself with ``x[idx]``.
+    """
+    batches = EpochBatches(n, batch_size, shuffle=True, seed=SEED)
+    for epoch in itertools.count():
+        batches.set_epoch(epoch)
+        yield from batches
+
+
+def raw_loop(
+    tensors: tuple[torch.Tensor, ...], lr: float, steps: int, item: bool, batch_size: int | None = None
+) -> Result:
+    """The seed's section 三 loop, with ``loss.item()`` every update if ``item``.
+
+    With ``batch_size``, each update takes the next shuffled mini-batch of that many rows instead of
+    the full batch, gathered with ``x[idx]`` from the data on the device.
+    """
+    x_all, y_all, w1, w2 = tensors
     w1 = w1.clone().requires_grad_(True)
     w2 = w2.clone().requires_grad_(True)
+    batches = index_batches(len(x_all), batch_size) if batch_size else None
+    x, y = x_all, y_all
     sync(x.device)
     started = clock()
     for _ in range(steps):
+        if batches is not None:
+            idx = next(batches).to(x_all.device)
+            x, y = x_all[idx], y_all[idx]  # (B, D_in), (B, D_out)
         y_pred = x.mm(w1).clamp(min=0).mm(w2)  # (N, D_out)
         loss = (y_pred - y).pow(2).sum()
         if item:
@@ -211,16 +242,29 @@ def raw_graph_loop(tensors: tuple[torch.Tensor, ...], lr: float, steps: int) -> 
 
 
 def package_fit(
-    s: Shape, device: torch.device, steps: int, updates_per_step: int, log_every: int, path: str = "direct"
+    s: Shape,
+    device: torch.device,
+    steps: int,
+    updates_per_step: int,
+    log_every: int,
+    path: str = "direct",
+    batch_size: int | None = None,
 ) -> Result:
-    """LitTwoLayerNet in a Trainer; the per-update time excludes Trainer construction and fit set-up."""
+    """LitTwoLayerNet in a Trainer; the per-update time excludes Trainer construction and fit set-up.
+
+    With ``batch_size``: FileRegressionData's shuffled mini-batches of the same x and y (seed SEED).
+    """
     generator = torch.Generator().manual_seed(SEED)
-    data = SyntheticRegressionData(s.n, s.d_in, s.d_out, generator=generator)
+    data: SyntheticRegressionData | FileRegressionData = SyntheticRegressionData(
+        s.n, s.d_in, s.d_out, generator=generator
+    )
+    if batch_size:
+        data = FileRegressionData(data.x, data.y, batch_size=batch_size, seed=SEED)
     model = LitTwoLayerNet(
         s.d_in,
         s.h,
         s.d_out,
-        lr=learning_rate(s),
+        lr=learning_rate(Shape(batch_size, *s[1:]) if batch_size else s),
         generator=generator,
         updates_per_step=updates_per_step,
         update_path=path,
@@ -252,7 +296,7 @@ def package_fit(
 
 
 def run_path(
-    s: Shape, device: torch.device, steps: int, updates_per_step: int, log_every: int, path: str = "direct"
+    s: Shape, device: torch.device, steps: int, updates_per_step: int | None, log_every: int, path: str = "direct"
 ) -> Result:
     """``twolayer_lightning.run`` with the CSV logger; per-update time is its ``fit_seconds`` (with fit set-up)."""
     with tempfile.TemporaryDirectory(prefix="bench-run-") as tmp:
@@ -265,7 +309,7 @@ def run_path(
             f"optim.lr={learning_rate(s)!r}",
             f"trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}",
             f"trainer.max_steps={steps}",
-            f"trainer.updates_per_step={updates_per_step}",
+            f"trainer.updates_per_step={'null' if updates_per_step is None else updates_per_step}",
             f"trainer.update_path={path}",
             f"trainer.log_every_n_steps={log_every}",
             "logger=csv",
@@ -302,13 +346,13 @@ def mm_rate(s: Shape, device: torch.device) -> float:
     return 2 * s.n * s.d_in * s.h * calls / (clock() - started) / 1e9
 
 
-def auto_steps(tensors: tuple[torch.Tensor, ...], lr: float, target_seconds: float) -> int:
-    """Enough updates for one raw run to take about ``target_seconds`` (2 to MAX_AUTO_STEPS)."""
-    raw_loop(tensors, lr, 1, item=False)  # warm-up: first-call allocations and kernel selection
-    per_update = raw_loop(tensors, lr, 1, item=False).seconds
+def auto_steps(raw: Callable[[int], Result], target_seconds: float) -> int:
+    """Enough updates for one raw run (``raw(steps)``) to take about ``target_seconds`` (2 to MAX_AUTO_STEPS)."""
+    raw(1)  # warm-up: first-call allocations and kernel selection
+    per_update = raw(1).seconds
     if per_update < 0.05:
         probe = max(2, round(0.2 / per_update))
-        per_update = raw_loop(tensors, lr, probe, item=False).seconds / probe
+        per_update = raw(probe).seconds / probe
     steps = target_seconds / per_update
     if steps >= 10:
         steps = round(steps, 1 - math.floor(math.log10(steps)))  # two significant digits
@@ -325,18 +369,25 @@ class Variant:
 
 
 def bench_shape(s: Shape, args: argparse.Namespace, device: torch.device) -> list[dict[str, object]]:
+    batch = args.batch_size
     tensors = initial_tensors(s, device)
-    lr = learning_rate(s)
-    steps = args.steps or auto_steps(tensors, lr, args.target_seconds)
+    per_update = Shape(batch, *s[1:]) if batch else s  # the rows one update computes on
+    lr = learning_rate(per_update)
+    steps = args.steps or auto_steps(lambda n: raw_loop(tensors, lr, n, False, batch), args.target_seconds)
+    label = f"{s} b{batch}" if batch else str(s)
     variants = [
-        Variant("raw", lambda: raw_loop(tensors, lr, steps, item=False)),
-        Variant("raw+item", lambda: raw_loop(tensors, lr, steps, item=True)),
+        Variant("raw", lambda: raw_loop(tensors, lr, steps, False, batch)),
+        Variant("raw+item", lambda: raw_loop(tensors, lr, steps, True, batch)),
     ]
-    if device.type == "cuda":
+    if device.type == "cuda" and not batch:
         variants.append(Variant("raw graph", lambda: raw_graph_loop(tensors, lr, steps)))
     for path in args.paths:
+        if batch and path == "cuda_graph":
+            print(f"  {label}: pkg cuda_graph skipped: it replays one fixed batch, not mini-batches")
+            continue
         effective = set()
-        for ups in args.updates_per_step:
+        # Mini-batches take one update per fetched batch (several would repeat each batch).
+        for ups in [1] if batch else args.updates_per_step:
             # With steps <= ups the whole fit is one training step: a larger ups would time the same thing.
             if min(ups, steps) in effective:
                 print(f"  {s}: pkg {path} ups={ups} skipped: with steps={steps} it runs as ups={min(ups, steps)}")
@@ -345,23 +396,24 @@ def bench_shape(s: Shape, args: argparse.Namespace, device: torch.device) -> lis
             variants.append(
                 Variant(
                     f"pkg {path} ups={ups}",
-                    lambda ups=ups, path=path: package_fit(s, device, steps, ups, args.log_every, path),
+                    lambda ups=ups, path=path: package_fit(s, device, steps, ups, args.log_every, path, batch),
                 )
             )
-    if args.with_run:
-        ups, path = args.updates_per_step[0], args.paths[0]
+    if args.with_run and not batch:
+        # The config's defaults (update_path=direct, updates_per_step=null: as many as log_every allows).
         # Its per-update time is the fit_seconds that train() measures: wall time, whatever --clock says.
-        name = f"run() csv ups={ups}" + (" wall" if args.clock == "cpu" else "")
-        variants.append(Variant(name, lambda: run_path(s, device, steps, ups, args.log_every, path)))
+        name = "run() csv defaults" + (" wall" if args.clock == "cpu" else "")
+        variants.append(Variant(name, lambda: run_path(s, device, steps, None, args.log_every)))
 
     # Warm-up: a short run of each kind, so that no timed run pays first-call costs.
-    raw_loop(tensors, lr, min(steps, 2), item=True)
-    if device.type == "cuda":
+    raw_loop(tensors, lr, min(steps, 2), True, batch)
+    if device.type == "cuda" and not batch:
         raw_graph_loop(tensors, lr, min(steps, 2))
     for path in args.paths:
-        package_fit(s, device, min(steps, 2), 1, args.log_every, path)
-    if args.with_run:
-        run_path(s, device, min(steps, 2), 1, args.log_every, args.paths[0])
+        if not (batch and path == "cuda_graph"):
+            package_fit(s, device, min(steps, 2), 1, args.log_every, path, batch)
+    if args.with_run and not batch:
+        run_path(s, device, min(steps, 2), None, args.log_every)
 
     reference: Result | None = None
     mm = []
@@ -378,7 +430,7 @@ def bench_shape(s: Shape, args: argparse.Namespace, device: torch.device) -> lis
                 reference = result
             bitwise = torch.equal(result.w1, reference.w1) and torch.equal(result.w2, reference.w2)
             variant.checks.append((bitwise, result.global_step == steps))
-        mm.append(mm_rate(s, device))
+        mm.append(mm_rate(per_update, device))
 
     rows = []
     raw_times = variants[0].times
@@ -386,7 +438,7 @@ def bench_shape(s: Shape, args: argparse.Namespace, device: torch.device) -> lis
         median = statistics.median(variant.times)
         rows.append(
             {
-                "shape": str(s),
+                "shape": label,
                 "variant": variant.name,
                 "steps": steps,
                 "lr": lr,
@@ -395,7 +447,7 @@ def bench_shape(s: Shape, args: argparse.Namespace, device: torch.device) -> lis
                 # Ratio of each repeat to the raw run of the same repeat, then the median: the
                 # interleaving makes neighbours comparable even when the machine's speed drifts.
                 "x_raw": statistics.median(t / r for t, r in zip(variant.times, raw_times, strict=True)),
-                "gflops": flops_per_update(s) / median / 1e9,
+                "gflops": flops_per_update(per_update) / median / 1e9,
                 "mm_gflops": statistics.median(mm),
                 "bitwise": all(b for b, _ in variant.checks),
                 "global_step_ok": all(g for _, g in variant.checks),
@@ -573,7 +625,9 @@ def quiet_lightning() -> Iterator[None]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--shapes", default=None, help=f"NxD_inxHxD_out,... or none (default {DEFAULT_SHAPES})")
+    parser.add_argument(
+        "--shapes", default=None, help=f"NxD_inxHxD_out,... or none (default {DEFAULT_SHAPES}; cuda: {CUDA_SHAPES})"
+    )
     parser.add_argument("--steps", type=int, default=None, help="updates per timed run (default: ~--target-seconds)")
     parser.add_argument("--target-seconds", type=float, default=1.0, help="raw-loop time per run when --steps is unset")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats per variant; the median counts")
@@ -587,6 +641,12 @@ def main() -> int:
         default=None,
         help="update paths of the package variants, comma-separated (default: direct,lightning; "
         "on cuda also cuda_graph)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="mini-batches of this many rows, shuffled (N is then the data's rows); one update per batch",
     )
     parser.add_argument("--log-every", type=int, default=50, help="Trainer log_every_n_steps (the config's 50)")
     parser.add_argument("--with-run", action="store_true", help="also time twolayer_lightning.run with the CSV logger")
@@ -606,7 +666,7 @@ def main() -> int:
         args.shapes = args.shapes or QUICK_SHAPES
         args.steps = args.steps or 60
         args.repeats = 2
-    shapes = parse_shapes(args.shapes or DEFAULT_SHAPES)
+    shapes = parse_shapes(args.shapes or (CUDA_SHAPES if args.device == "cuda" else DEFAULT_SHAPES))
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print(f"--device cuda: skipped, this torch ({torch.__version__}) sees no CUDA device; nothing was measured")
@@ -641,7 +701,7 @@ def main() -> int:
                 rows += bench_shape(s, args, device)
                 print(f"  {s}: done")
             print("\nragged check: steps not divisible by updates_per_step")
-            ok = ragged_check(shapes[0], args, device)
+            ok = ragged_check(shapes[0], args, device) if not args.batch_size else True
         if torch.get_num_threads() != threads:
             print(f"warning: torch threads changed during the run: {threads} -> {torch.get_num_threads()}")
         print()
