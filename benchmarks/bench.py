@@ -478,8 +478,9 @@ def ragged_check(s: Shape, args: argparse.Namespace, device: torch.device) -> bo
 
 
 def print_table(rows: list[dict[str, object]]) -> None:
+    w = max(20, *(len(r["shape"]) for r in rows))  # mini-batch shapes carry a " bB" suffix
     header = (
-        f"{'shape':<20} {'variant':<21} {'lr':>7} {'steps':>5} {'us/update':>11} {'spread':>7} {'x raw':>6} "
+        f"{'shape':<{w}} {'variant':<21} {'lr':>7} {'steps':>5} {'us/update':>11} {'spread':>7} {'x raw':>6} "
         f"{'GFLOP/s':>8} {'mm GFLOP/s':>10} {'bitwise':>7} {'steps ok':>8}"
     )
     print(header)
@@ -487,7 +488,7 @@ def print_table(rows: list[dict[str, object]]) -> None:
     for r in rows:
         is_raw = r["variant"] == "raw"
         print(
-            f"{r['shape']:<20} {r['variant']:<21} {r['lr']:>7.1e} {r['steps']:>5} {r['us_per_update']:>11.1f} "
+            f"{r['shape']:<{w}} {r['variant']:<21} {r['lr']:>7.1e} {r['steps']:>5} {r['us_per_update']:>11.1f} "
             f"{r['spread']:>6.0%} {r['x_raw']:>6.2f} {r['gflops']:>8.1f} {r['mm_gflops']:>10.1f} "
             f"{'(ref)' if is_raw else ('yes' if r['bitwise'] else 'no'):>7} "
             f"{'yes' if r['global_step_ok'] else 'NO':>8}"
@@ -497,7 +498,7 @@ def print_table(rows: list[dict[str, object]]) -> None:
         print("\none-time costs per run (median ms, not in us/update):")
         for r in once:
             costs = "  ".join(f"{name} {ms:.1f}" for name, ms in r["once_ms"].items())
-            print(f"  {r['shape']:<20} {r['variant']:<21} {costs}")
+            print(f"  {r['shape']:<{w}} {r['variant']:<21} {costs}")
 
 
 def timed(cmd: list[str], threads: int | None) -> tuple[float, float]:
