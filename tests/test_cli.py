@@ -116,6 +116,20 @@ def test_hydra_full_error_shows_the_traceback(tmp_path, monkeypatch):
         main()
 
 
+def test_cuda_graph_with_several_processes_is_refused_on_a_gpu_machine():
+    """Two devices make Lightning start DDP by itself; the graph runs in one process."""
+    with initialize_config_module(config_module="twolayer_lightning.conf", version_base="1.3"):
+        cfg = compose(
+            config_name="config",
+            overrides=["trainer.accelerator=gpu", "trainer.devices=2", "trainer.update_path=cuda_graph"],
+        )
+    with pytest.raises(ConfigError) as info:
+        validate(cfg, cuda_available=True)
+    assert len(info.value.problems) == 1
+    assert "trainer.update_path='cuda_graph' is not allowed with trainer.devices=2" in info.value.problems[0]
+    assert "use trainer.devices=1, or trainer.update_path=direct" in info.value.problems[0]
+
+
 def test_several_problems_are_reported_together():
     with initialize_config_module(config_module="twolayer_lightning.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=["optim.lr=0", "trainer.max_steps=-1", "model.out_features=0"])
@@ -281,6 +295,9 @@ def test_updates_per_step_keeps_steps_and_results_exact(tmp_path, updates_per_st
         (["data=files", "data.x_path=x.npy", "data.val_fraction=0.2", "trainer.val_every_n_steps=30"], 10),
         (["data=files", "data.x_path=x.npy", "data.batch_size=8"], 1),  # one update per mini-batch
         (["trainer=ddp"], 1),  # DDP syncs once per training step
+        (["trainer.devices=2"], 1),  # two processes: Lightning picks DDP by itself
+        (["trainer.devices=auto"], 50),  # on the CPU that is one device
+        (["trainer.accelerator=gpu", "trainer.devices=auto"], 1),  # as many GPUs as the machine has
     ],
 )
 def test_updates_per_step_left_null_is_the_most_every_interval_allows(overrides, expected):

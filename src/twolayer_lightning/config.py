@@ -89,7 +89,8 @@ def updates_per_step(cfg: Any) -> int:
     batch; then the number is the largest that divides every interval that Lightning checks once
     per training step (``log_every_n_steps``, ``checkpoint_every_n_steps``, ``val_every_n_steps``
     when there is validation data), so each still fires at exactly its step. Mini-batches and DDP
-    get 1: one update per fetched batch.
+    get 1: one update per fetched batch, and so does anything with more than one process (or
+    ``devices=auto`` on a GPU, where the count depends on the machine).
 
     Example:
         >>> from omegaconf import OmegaConf
@@ -99,12 +100,20 @@ def updates_per_step(cfg: Any) -> int:
     trainer, data = cfg.trainer, cfg.data
     if trainer.updates_per_step is not None:
         return trainer.updates_per_step
-    if trainer.strategy == "ddp" or (data.kind == "files" and data.batch_size is not None):
+    if trainer.strategy == "ddp" or _processes(cfg) != 1 or (data.kind == "files" and data.batch_size is not None):
         return 1
     intervals = [trainer.log_every_n_steps, trainer.checkpoint_every_n_steps]
     if data.kind == "files" and data.val_fraction:
         intervals.append(trainer.val_every_n_steps)
     return reduce(math.gcd, [n for n in intervals if n > 0])
+
+
+def _processes(cfg: Any) -> int | None:
+    """How many processes the Trainer will start (devices x nodes); None when that depends on the machine."""
+    devices, nodes = cfg.trainer.devices, cfg.trainer.num_nodes
+    if devices == "auto" and cfg.trainer.accelerator == "cpu":
+        devices = 1  # Lightning's CPU accelerator counts one device
+    return devices * nodes if isinstance(devices, int) and isinstance(nodes, int) else None
 
 
 def register_configs() -> None:
@@ -202,7 +211,7 @@ def validate(cfg: Any, cuda_available: bool | None = None) -> None:
         positive_int("trainer.devices", devices)
     positive_int("trainer.num_nodes", cfg.trainer.num_nodes)
     choice("trainer.strategy", cfg.trainer.strategy, STRATEGIES)
-    processes = cfg.trainer.devices * cfg.trainer.num_nodes if isinstance(cfg.trainer.devices, int) else 0
+    processes = _processes(cfg) or 0
     if cfg.trainer.strategy == "ddp" and data.kind == "synthetic" and data.num_samples < processes:
         problems.append(
             f"data.num_samples={data.num_samples} is not allowed with {processes} DDP processes: each needs at "
@@ -219,6 +228,12 @@ def validate(cfg: Any, cuda_available: bool | None = None) -> None:
         problems.append(
             f"trainer.update_path={path!r} is not allowed with trainer.strategy=ddp: DDP syncs gradients in "
             "Lightning's backward; use trainer.update_path=lightning (trainer=ddp sets it)"
+        )
+    if path == "cuda_graph" and _processes(cfg) != 1:
+        problems.append(
+            f"trainer.update_path='cuda_graph' is not allowed with trainer.devices={cfg.trainer.devices!r} and "
+            f"trainer.num_nodes={cfg.trainer.num_nodes!r}: the graph runs in one process; use trainer.devices=1, or "
+            "trainer.update_path=direct"
         )
     if path == "cuda_graph" and data.kind == "files" and data.batch_size is not None:
         problems.append(
