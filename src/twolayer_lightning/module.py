@@ -35,12 +35,13 @@ class LitTwoLayerNet(L.LightningModule):
       ``LightningOptimizer.step`` makes around an optimizer step. It skips Lightning's per-update
       wrappers and hooks (``on_before_backward``, ``on_after_backward``,
       ``on_before_optimizer_step``, a ``backward`` override, optimizer step hooks), which at the
-      seed's size cost as much as a third of the update itself. One process only: under DDP the
+      seed's size cost about a fifth of the update itself. One process only: under DDP the
       module takes the ``"lightning"`` path, which DDP's gradient sync needs.
     - ``"lightning"``: ``manual_backward(loss)`` and ``optimizer.step()``, the textbook manual
       optimization; every hook above runs. For callbacks that need them.
-    - ``"cuda_graph"``: the direct update captured once as a CUDA graph and replayed (GPU only,
-      every batch the same shape). Kernel launches and Python leave the loop.
+    - ``"cuda_graph"``: the direct update captured once as a CUDA graph and replayed (one GPU
+      process; every training step must bring the same batch tensors, as the full batch does).
+      Kernel launches and Python leave the loop.
 
     The loss of every step is kept on the device and looked at every ``log_every_n_steps``
     steps of the Trainer (one device sync per interval, not per step): each step's loss goes to
@@ -57,9 +58,9 @@ class LitTwoLayerNet(L.LightningModule):
         generator: draws ``w1`` then ``w2``; pass the one that drew the data to follow the seed.
         updates_per_step: how many of the seed's updates one training step runs on its batch.
             1 is the plain mapping (one batch, one update); more amortise Lightning's per-batch
-            cost when every batch is the same full batch. Each update still goes through the
-            optimizer, so ``global_step`` counts updates, and the last training step runs only
-            as many as ``max_steps`` leaves.
+            cost when every batch is the same full batch. Every update is counted, so
+            ``global_step`` counts updates, and the last training step runs only as many as
+            ``max_steps`` leaves.
         update_path: ``"direct"``, ``"lightning"`` or ``"cuda_graph"``, see above.
 
     Example:
