@@ -23,27 +23,44 @@ def sweep(train_py, tmp_path: Path, *overrides: str) -> list[dict[str, str]]:
 
 
 @pytest.mark.slow
-def test_optuna_preset_searches_lr_and_hidden_size_on_validation_loss(tmp_path, train_py):
+def test_optuna_search_survives_diverged_and_failed_trials(tmp_path, train_py):
+    """The lr_hidden preset runs all n_trials through a diverging and a refused trial, and summarises them."""
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((60, 4))
+    x = rng.standard_normal((40, 4))
     np.savez(tmp_path / "data.npz", x=x, y=x @ rng.standard_normal((4, 2)))
     rows = sweep(
         train_py,
         tmp_path,
         "hparams_search=lr_hidden",
-        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.n_trials=4",
+        # On these 30 training rows an lr of 0.1 or more diverges within 10 steps (the loss is a sum), and a
+        # hidden size of 0 is refused; with seed=0 the seeded sampler draws ok, diverging and refused trials.
+        "optim.lr=tag(log, interval(1e-5, 1))",
+        "model.hidden_features=choice(0, 25, 50)",
         "data=files",
         f"data.x_path={tmp_path / 'data.npz'}",
         "data.val_fraction=0.25",
-        "trainer.max_steps=20",
-        "trainer.val_every_n_steps=10",
+        "trainer.max_steps=10",
+        "trainer.val_every_n_steps=5",
+        "logger=none",
     )
-    assert len(rows) == 3
-    val_losses = [float(row["val_loss"]) for row in rows]
-    assert val_losses == sorted(val_losses)  # the summary is sorted by the objective
+    assert len(rows) == 4  # the search went on to n_trials
+    statuses = [row["status"] for row in rows]
+    assert {"ok", "diverged", "failed"} <= set(statuses), statuses
+    # Best first: the ok trials by the objective, then the diverged, then the failed ones.
+    assert statuses == sorted(statuses, key=["ok", "diverged", "failed"].index)
+    ok = [float(row["val_loss"]) for row in rows if row["status"] == "ok"]
+    assert ok == sorted(ok)
+    for row in rows:
+        lr = float(row["overrides"].split("optim.lr=")[1].split()[0])
+        if row["status"] == "diverged":
+            assert "training diverged: the loss became" in row["error"] and f"optim.lr={lr:g}" in row["error"]
+        if row["status"] == "failed":
+            assert "model.hidden_features=0 is not allowed" in row["error"]
     best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
-    assert best["best_value"] == pytest.approx(val_losses[0])  # Optuna minimised what train() returned
+    assert best["best_value"] == pytest.approx(ok[0])  # Optuna minimised what train() returned
+    assert best["best_params"]["model.hidden_features"] != 0
     assert set(best["best_params"]) == {"optim.lr", "model.hidden_features"}
 
 

@@ -340,7 +340,10 @@ def _task(cfg: DictConfig) -> float:
     """The Hydra task: train, and return the objective for sweepers.
 
     The objective is the validation loss when the data has validation rows, else the final train
-    loss; nan for a job that failed or diverged.
+    loss; +inf for a job of a sweep that diverged or failed (its ``metrics.json`` and the sweep's
+    summary say which). Not nan: hydra-optuna-sweeper 1.3.0 ends the whole search at a nan (it
+    tells Optuna the trial failed and then passes the nan again), while +inf is a value every
+    sweeper takes and ranks last, so Optuna's sampler steers away from the settings that did it.
     """
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     if multirun and cfg.trainer.strategy == "ddp":
@@ -361,9 +364,9 @@ def _task(cfg: DictConfig) -> float:
         return metrics.get("val_loss", metrics["train_loss"])
     except (ConfigError, DataError, TrainingDivergedError) as err:
         if multirun:
-            # In a sweep, one bad job must not end the others: log it, and give the sweeper nan.
+            # In a sweep, one bad job must not end the others: log it, and give the sweeper +inf.
             log.error("job failed: %s", describe_error(err))
-            return math.nan
+            return math.inf
         if _user_wants_tracebacks():
             raise
         # A single run ends here, before Hydra adds its "Error executing job" line and a traceback.

@@ -394,7 +394,9 @@ def summarize_sweep(sweep_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     )
     image = _plot_curves(sweep_dir / "curves.png", rows, curves)
     _write_markdown(sweep_dir / "summary.md", rows, [column for column in columns if column != "dir"], intro, image)
-    best = f"; best: job {rows[0]['job']} ({rows[0]['overrides']}), {objective}={rows[0][objective]!r}" if rows else ""
+    # Only an ok job is a "best": when every job diverged or failed, the first row is merely the least bad.
+    ok = rows and rows[0]["status"] == "ok"
+    best = f"; best: job {rows[0]['job']} ({rows[0]['overrides']}), {objective}={rows[0][objective]!r}" if ok else ""
     log.info("%s%s; files in %s", intro.rstrip("."), best, sweep_dir)
     return rows
 
