@@ -59,6 +59,10 @@ def test_default_config_is_the_seed():
 BAD_INPUTS = [
     # (overrides, what the one line must contain)
     (["optim.lrr=1"], ["unknown config key 'optim.lrr'", "optim.lr"]),
+    # Hydra's + adds a key past the typed schema; nothing would read it, so it is refused, not ignored.
+    (["+trainer.fast_dev_run=true"], ["+trainer.fast_dev_run", "trainer.max_steps", "trainer.accelerator"]),
+    (["++model.dropout=0.1"], ["+model.dropout", "model.hidden_features"]),
+    (["+foo=1"], ["+foo", "the keys here are mode, seed"]),
     (["optim.lr=abc"], ["optim.lr", "'abc'", "Float"]),
     (["optim.lr=0"], ["optim.lr=0.0", "> 0"]),
     (["optim.lr=-1e-6"], ["optim.lr=-1e-06", "> 0"]),

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
 
 ACCELERATORS = ("cpu", "gpu", "auto")
 # Precisions the exact update can honour: the seed's float32, or float64 throughout.
@@ -129,6 +130,43 @@ class ConfigError(ValueError):
         self.problems = problems
 
 
+def unknown_keys(cfg: Any) -> list[str]:
+    """One line for each key of ``cfg`` that the schema does not have, naming the keys it has there.
+
+    The typed schema refuses a misspelt ``key=value``, but Hydra adds ``+key=value`` and
+    ``++key=value`` past it (that is what ``+`` is for). Nothing here reads such a key: the Trainer is
+    built from the ``trainer.*`` keys of :class:`TrainerConfig` alone, because Lightning flags such as
+    ``fast_dev_run``, ``limit_train_batches`` or ``precision`` would change what a step is or make
+    the run inexact while ``metrics.json`` says otherwise. So an added key is refused, not ignored.
+
+    Example:
+        >>> from omegaconf import OmegaConf
+        >>> cfg = OmegaConf.structured(Config)
+        >>> OmegaConf.update(cfg, "trainer.fast_dev_run", True, force_add=True)  # as +trainer.fast_dev_run=true
+        >>> [line.split(" is ")[0] for line in unknown_keys(cfg)]
+        ['+trainer.fast_dev_run']
+    """
+
+    def walk(node: dict[str, Any], schema: dict[str, Any], prefix: str) -> list[str]:
+        problems = []
+        for key, value in node.items():
+            if key not in schema:
+                known = ", ".join(f"{prefix}{name}" for name in schema)
+                hint = "; for a short run use trainer.max_steps=N" if prefix == "trainer." else ""
+                problems.append(
+                    f"+{prefix}{key} is not a key of this project's config, and nothing would read it: remove it; "
+                    f"the keys here are {known}{hint}"
+                )
+            elif isinstance(value, dict) and isinstance(schema[key], dict):
+                problems += walk(value, schema[key], f"{prefix}{key}.")
+        return problems
+
+    if not isinstance(cfg, DictConfig):
+        return []
+    # Unresolved: ${hydra:...} interpolations have no value outside a Hydra app.
+    return walk(OmegaConf.to_container(cfg), OmegaConf.to_container(OmegaConf.structured(Config)), "")
+
+
 def validate(cfg: Any, cuda_available: bool | None = None) -> None:
     """Check ranges and choices of a composed config, reporting every problem at once.
 
@@ -139,7 +177,7 @@ def validate(cfg: Any, cuda_available: bool | None = None) -> None:
     Raises:
         ConfigError: one line per problem, each naming the key, the value and what is allowed.
     """
-    problems: list[str] = []
+    problems: list[str] = unknown_keys(cfg)
 
     def positive_int(key: str, value: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
