@@ -6,6 +6,7 @@ import csv
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -310,6 +311,24 @@ def test_updates_per_step_left_null_is_the_most_every_interval_allows(overrides,
     with initialize_config_module(config_module="twolayer_lightning.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     assert updates_per_step(cfg) == expected
+
+
+@pytest.mark.parametrize("updates_per_step", [3, 1])
+def test_progress_bar_counts_updates_up_to_max_steps(tmp_path, capsys, updates_per_step):
+    """The bar counts every update against max_steps and ends full, with no time left, as the fit does."""
+    run(
+        ["trainer.enable_progress_bar=true", "trainer.max_steps=7", f"trainer.updates_per_step={updates_per_step}"],
+        output_dir=tmp_path / "run",
+    )
+    # tqdm redraws the line after a carriage return: "Epoch 0:  43%|####2     | 3/7 [00:00<00:00, 202.17it/s]"
+    frames = re.findall(r"Epoch 0: .*?\| (\d+)/(\d+) \[[\d:]+<([\d:?]+)", capsys.readouterr().out)
+    assert frames
+    assert {int(total) for _, total, _ in frames} == {7}
+    counts = [int(n) for n, _, _ in frames]
+    # One redraw per training step, each after its updates: 3, 6 and 7 (the last step runs what max_steps leaves).
+    expected = [*range(updates_per_step, 7, updates_per_step), 7]
+    assert [n for i, n in enumerate(counts) if n and n not in counts[:i]] == expected
+    assert counts[-1] == 7 and frames[-1][2] == "00:00"  # ends at 7/7 with no time left
 
 
 @pytest.mark.slow

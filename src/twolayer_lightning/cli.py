@@ -30,7 +30,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from twolayer_lightning.config import Config, ConfigError, register_configs, updates_per_step, validate
 from twolayer_lightning.data import DataError, FileRegressionData, SyntheticRegressionData
-from twolayer_lightning.module import LitTwoLayerNet
+from twolayer_lightning.module import LitTwoLayerNet, UpdateProgressBar
 from twolayer_lightning.report import plot_run
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,11 @@ def _make_trainer(cfg: DictConfig, out: Path, validation: bool, ups: int) -> L.T
                 dirpath=out / "checkpoints", filename="best", monitor="val_loss", mode="min"
             )
         )
+    # In a terminal, a bar; in a log file or CI, only the periodic `step t  loss` lines.
+    progress_bar = cfg.trainer.enable_progress_bar
+    if progress_bar is None:
+        progress_bar = sys.stdout.isatty()
+    bar = [UpdateProgressBar()] if progress_bar else []  # counts updates, as max_steps does, not training steps
     return L.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
@@ -155,12 +160,9 @@ def _make_trainer(cfg: DictConfig, out: Path, validation: bool, ups: int) -> L.T
         limit_val_batches=None if validation else 0,
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # the data modules shard rows across processes themselves
-        # In a terminal, a bar; in a log file or CI, only the periodic `step t  loss` lines.
-        enable_progress_bar=sys.stdout.isatty()
-        if cfg.trainer.enable_progress_bar is None
-        else cfg.trainer.enable_progress_bar,
+        enable_progress_bar=progress_bar,
         logger=_make_logger(cfg.logger, out),
-        callbacks=callbacks,
+        callbacks=callbacks + bar,
         enable_checkpointing=bool(callbacks),  # last.ckpt is saved after fit in any case
         enable_model_summary=False,
         default_root_dir=out,

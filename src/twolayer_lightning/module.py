@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import ExplainedVariance, MeanSquaredError, MetricCollection, R2Score
 
@@ -370,3 +371,37 @@ class _CapturedUpdate:
             )
         self.graph.replay()
         return self.loss.clone(), self.y_pred
+
+
+class UpdateProgressBar(TQDMProgressBar):
+    """Lightning's terminal progress bar, counting updates (``trainer.global_step``) rather than training steps.
+
+    ``max_steps`` counts updates, and with ``updates_per_step`` > 1 one training step runs several:
+    Lightning's own bar counts training steps against a total of updates, so at the seed's default
+    (50 per step) it ends a 300-update fit at ``6/300`` with an ETA of minutes. This bar counts
+    every update against the updates the epoch can run, so its count, its rate (updates per
+    second) and its ETA are right. Pass it to your own Trainer in ``callbacks``.
+
+    Example:
+        >>> trainer = L.Trainer(max_steps=300, callbacks=[UpdateProgressBar()], logger=False)
+        >>> type(trainer.progress_bar_callback).__name__  # in place of Lightning's default bar
+        'UpdateProgressBar'
+    """
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        self._first_update = trainer.global_step
+        per_step = getattr(pl_module, "hparams", {}).get("updates_per_step", 1)
+        # The full batch's loader never ends (inf batches): then max_steps alone sets the total.
+        updates = trainer.num_training_batches * per_step
+        if trainer.max_steps > 0:
+            updates = min(updates, trainer.max_steps - trainer.global_step)
+        self.train_progress_bar.total = None if math.isinf(updates) else int(updates)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        bar = self.train_progress_bar
+        if self.is_enabled and bar is not None and not bar.disable:
+            bar.n = trainer.global_step - self._first_update  # tqdm's rate and ETA follow n over elapsed time
+            bar.set_postfix(self.get_metrics(trainer, pl_module))  # redraws the bar
