@@ -120,8 +120,8 @@ def test_an_interrupted_sweep_stops_and_summarises_with_the_failed_and_interrupt
             sys.executable,
             "train.py",
             "-m",
+            "seed=0,1",  # varies slowest: jobs 2 and 3 (seed=1) must never start
             f"ckpt_path={empty},null",  # job 0: a bad checkpoint (failed), job 1: runs until the signal
-            "seed=0,1",  # jobs 2 and 3 must never start
             "trainer.max_steps=1000000",
             f"hydra.sweep.dir={sweep}",
         ],
