@@ -7,10 +7,13 @@ both call :func:`main`.
 from __future__ import annotations
 
 import contextlib
+import csv
+import importlib.metadata
 import json
 import logging
 import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -25,13 +28,22 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from twolayer_lightning.checkpoints import (
+    AtomicCheckpointIO,
+    DiskFullError,
+    StopOnSignal,
+    newest_checkpoint,
+    read_checkpoint,
+)
 from twolayer_lightning.config import Config, ConfigError, register_configs, updates_per_step, validate
 from twolayer_lightning.data import DataError, FileRegressionData, SyntheticRegressionData
 from twolayer_lightning.module import LitTwoLayerNet, UpdateProgressBar
-from twolayer_lightning.report import plot_run
+from twolayer_lightning.report import plot_run, summarize_sweep
+from twolayer_lightning.rundir import RunDirLock, check_run_dir, is_rank_zero, resume_hint, slurm_requeued
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +56,18 @@ register_configs()
 
 class TrainingDivergedError(RuntimeError):
     """The training loss became inf or nan."""
+
+
+class TrainingInterruptedError(RuntimeError):
+    """SIGTERM or SIGINT stopped training after an update; ``last.ckpt`` and ``metrics.json`` record it.
+
+    Attributes:
+        exit_code: the shell's convention for the signal, 128 + its number (143 SIGTERM, 130 SIGINT).
+    """
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 @contextlib.contextmanager
@@ -75,19 +99,65 @@ def _output_dir(cfg: DictConfig) -> Path:
                 "app: pass output_dir=<folder> as an override"
             ]
         ) from None
-    if (path / METRICS_FILE).exists():
-        raise ConfigError(
-            [f"output_dir={str(path)!r} already holds a finished run ({METRICS_FILE}); choose another output_dir"]
-        )
+    if is_rank_zero():
+        check_run_dir(path, cfg.ckpt_path is not None or slurm_requeued(), cfg.mode)
     return path
 
 
-def _make_logger(kind: str, out: Path) -> Any:
+def _resolve_ckpt_path(cfg: DictConfig, out: Path) -> str | None:
+    """``ckpt_path``, with ``last`` (or a SLURM requeue's null) turned into the run dir's newest checkpoint."""
+    wanted = cfg.ckpt_path
+    if wanted is None and cfg.mode == "train" and slurm_requeued():
+        wanted = "last"  # Lightning's auto-requeue restarted this job: resume it from where it stopped
+    if wanted != "last":
+        return wanted
+    if cfg.mode != "train":
+        raise ConfigError(
+            [f"ckpt_path=last is for resuming training; with mode={cfg.mode!r} give the checkpoint's path"]
+        )
+    newest = newest_checkpoint(out)
+    if newest is None:
+        if cfg.ckpt_path is None:
+            return None  # a requeued job that had not saved anything yet starts afresh
+        raise ConfigError(
+            [
+                f"ckpt_path=last found no complete checkpoint in output_dir={str(out)!r}; point hydra.run.dir (or "
+                "output_dir) at the run to resume, or give ckpt_path=<file>"
+            ]
+        )
+    log.info("ckpt_path=last: resuming from %s", newest)
+    return str(newest)
+
+
+def _make_logger(kind: str, out: Path, resume_step: int | None = None) -> Any:
     if kind == "csv":
-        return L.pytorch.loggers.CSVLogger(out, name="", version="csv")
+        logger = L.pytorch.loggers.CSVLogger(out, name="", version="csv")
+        if resume_step is not None and is_rank_zero():
+            _keep_csv_history(logger, resume_step)
+        return logger
     if kind == "tensorboard":
         return L.pytorch.loggers.TensorBoardLogger(out, name="", version="tensorboard")
     return False
+
+
+def _keep_csv_history(logger: Any, resume_step: int) -> None:
+    """Carry a resumed run's earlier rows (steps before ``resume_step``) into the new CSV.
+
+    Lightning's CSVLogger deletes ``metrics.csv`` when it opens its folder. The rows from before
+    the checkpoint are read first and written back at once; rows after it (a crashed run's last
+    steps, which the resume computes again) are dropped, so every step appears once.
+    """
+    path = Path(logger.log_dir) / "metrics.csv"
+    if not path.is_file():
+        return
+    with path.open(newline="") as file:
+        reader = csv.DictReader(file)
+        keys = list(reader.fieldnames or [])
+        rows = [row for row in reader if row.get("step") and int(float(row["step"])) < resume_step]
+    writer = logger.experiment  # deletes the old file
+    writer.metrics_keys = keys
+    writer.metrics = rows
+    writer.save()
 
 
 def _make_data(cfg: DictConfig, generator: torch.Generator) -> SyntheticRegressionData | FileRegressionData:
@@ -122,17 +192,23 @@ def _has_validation(data: SyntheticRegressionData | FileRegressionData) -> bool:
     return isinstance(data, FileRegressionData) and len(data.val_indices) > 0
 
 
-def _make_trainer(cfg: DictConfig, out: Path, validation: bool, ups: int) -> L.Trainer:
-    callbacks: list[L.Callback] = []
+def _make_trainer(
+    cfg: DictConfig, out: Path, validation: bool, ups: int, stopper: StopOnSignal, resume_step: int | None
+) -> L.Trainer:
+    callbacks: list[L.Callback] = [stopper]
     every = cfg.trainer.checkpoint_every_n_steps
     if every:
+        keep = cfg.trainer.keep_checkpoints
         callbacks.append(
             L.pytorch.callbacks.ModelCheckpoint(
                 dirpath=out / "checkpoints",
                 filename="step-{step}",  # no "=": the path must pass as a Hydra override
                 auto_insert_metric_name=False,
                 every_n_train_steps=every,
-                save_top_k=-1,
+                # The newest N: Lightning ranks checkpoints by the "step" it always offers to monitor.
+                save_top_k=keep if keep else -1,
+                monitor="step" if keep else None,
+                mode="max",
             )
         )
     if validation and cfg.mode == "train":
@@ -161,9 +237,10 @@ def _make_trainer(cfg: DictConfig, out: Path, validation: bool, ups: int) -> L.T
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # the data modules shard rows across processes themselves
         enable_progress_bar=progress_bar,
-        logger=_make_logger(cfg.logger, out),
+        logger=_make_logger(cfg.logger, out, resume_step),
         callbacks=callbacks + bar,
-        enable_checkpointing=bool(callbacks),  # last.ckpt is saved after fit in any case
+        plugins=[AtomicCheckpointIO()],  # every checkpoint written beside its final name, then renamed
+        enable_checkpointing=len(callbacks) > 1,  # last.ckpt is saved after fit in any case (callbacks[0]: stopper)
         enable_model_summary=False,
         default_root_dir=out,
     )
@@ -198,6 +275,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     validate(cfg)
     out = _output_dir(cfg)
+    # One run at a time in a run dir (the Hydra callback RunDirGuard may hold this lock already).
+    lock = RunDirLock(out.absolute()) if is_rank_zero() else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        return _train_in(cfg, out)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_in(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    """:func:`train` in the checked and locked run dir ``out``."""
+    ckpt_path = _resolve_ckpt_path(cfg, out)
+    checkpoint = read_checkpoint(ckpt_path) if ckpt_path is not None else None
+    resume_step = int(checkpoint["global_step"]) if checkpoint is not None and cfg.mode == "train" else None
     ups = updates_per_step(cfg)
     with _isolated_global_state():
         # One generator draws x, y, w1, w2 in the seed's order: the data first, then the weights.
@@ -205,8 +298,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         data = _make_data(cfg, generator)
         validation = _has_validation(data)
         if cfg.mode == "train":
-            if cfg.ckpt_path is not None:
-                _check_resumable(cfg, data)
+            if checkpoint is not None:
+                _check_resumable(cfg, data, ckpt_path, checkpoint)
             model = LitTwoLayerNet(
                 data.x.shape[1],
                 cfg.model.hidden_features,
@@ -218,25 +311,36 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 update_path=cfg.trainer.update_path,
             )
         else:
-            model = _load_model(cfg.ckpt_path, data)
+            model = _load_model(ckpt_path, data)
         out.mkdir(parents=True, exist_ok=True)
-        trainer = _make_trainer(cfg, out, validation, ups)
+        stopper = StopOnSignal(_package_version())
+        trainer = _make_trainer(cfg, out, validation, ups, stopper, resume_step)
         started = time.perf_counter()
-        if cfg.mode == "train":
-            # weights_only: a checkpoint holds tensors and scalars only, so no pickled code is run.
-            trainer.fit(model, datamodule=data, ckpt_path=cfg.ckpt_path, weights_only=True)
-            if model.diverged_at is None:
-                trainer.save_checkpoint(out / CHECKPOINT_FILE, weights_only=False)  # full state: resumable
-        elif cfg.mode == "validate":
-            if not validation:
-                raise ConfigError(["mode='validate' needs validation rows: use data=files with data.val_fraction > 0"])
-            trainer.validate(model, datamodule=data, verbose=False)
-        else:
-            predictions = torch.cat(trainer.predict(model, datamodule=data))  # (N, D_out)
-            np.save(out / "predictions.npy", predictions.numpy())
+        interrupted: int | None = None  # the signal that stopped the run
+        try:
+            if cfg.mode == "train":
+                # weights_only: a checkpoint holds tensors and scalars only, so no pickled code is run.
+                trainer.fit(model, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+            elif cfg.mode == "validate":
+                if not validation:
+                    raise ConfigError(
+                        ["mode='validate' needs validation rows: use data=files with data.val_fraction > 0"]
+                    )
+                trainer.validate(model, datamodule=data, verbose=False)
+            else:
+                predictions = torch.cat(trainer.predict(model, datamodule=data))  # (N, D_out)
+                np.save(out / "predictions.npy", predictions.numpy())
+        except SIGTERMException:
+            # Lightning ended the fit at the end of a training step after SIGTERM (or Ctrl-C, which
+            # StopOnSignal routes there); the module stopped its updates at the first one after it.
+            interrupted = stopper.received or signal.SIGTERM
+        if cfg.mode == "train" and model.diverged_at is None:
+            # The full state of the last finished update, also after a signal: resumable, bitwise.
+            trainer.save_checkpoint(out / CHECKPOINT_FILE, weights_only=False)
         seconds = time.perf_counter() - started
+    status = "interrupted" if interrupted else "ok" if model.diverged_at is None else "diverged"
     metrics = {
-        "status": "ok" if model.diverged_at is None else "diverged",
+        "status": status,
         "mode": cfg.mode,
         "train_loss": model.last_loss,
         "global_step": trainer.global_step,
@@ -253,12 +357,29 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "dead_units": model.dead_units,
         **{k: v for k, v in trainer.callback_metrics.items() if k.startswith("val_")},
     }
+    if interrupted:
+        metrics["signal"] = signal.Signals(interrupted).name
+    if resume_step is not None:
+        # lr: the remaining updates ran at optim.lr (see _check_resumable); the checkpoint's is kept here.
+        metrics["resumed_from"] = {
+            "ckpt_path": str(ckpt_path),
+            "global_step": resume_step,
+            "lr": checkpoint["hyper_parameters"].get("lr"),
+        }
     metrics = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
     if trainer.is_global_zero:
         # A diverged run records its inf/nan loss as JSON's Infinity/NaN.
-        (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        temp = out / f".{METRICS_FILE}.tmp"  # renamed into place: never a half-written metrics.json
+        temp.write_text(json.dumps(metrics, indent=2) + "\n")
+        os.replace(temp, out / METRICS_FILE)
         if cfg.logger == "csv" and cfg.mode == "train":
             plot_run(out)  # loss.png; without matplotlib, one warning line and no picture
+    if interrupted:
+        raise TrainingInterruptedError(
+            f"interrupted by {signal.Signals(interrupted).name} after {trainer.global_step} updates (global_step "
+            f"{trainer.global_step}, saved in {out / CHECKPOINT_FILE}); resume with `{resume_hint(out)}`",
+            interrupted,
+        )
     if model.diverged_at is not None:
         raise TrainingDivergedError(
             f"training diverged: the loss became {model.last_loss} at step {model.diverged_at} with "
@@ -269,16 +390,31 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if cfg.mode == "train":
             summary = f"{metrics['global_step']} steps, final loss {metrics['train_loss']!r}, {seconds:.2f} s in fit"
         elif cfg.mode == "validate":
-            summary = f"{cfg.ckpt_path}: val_loss {metrics['val_loss']!r}, val_r2 {metrics['val_r2']:.4f}"
+            summary = f"{ckpt_path}: val_loss {metrics['val_loss']!r}, val_r2 {metrics['val_r2']:.4f}"
         else:
-            summary = f"{cfg.ckpt_path}: {metrics['num_samples']} predictions in predictions.npy"
+            summary = f"{ckpt_path}: {metrics['num_samples']} predictions in predictions.npy"
         log.info("done: %s, %s; files in %s", cfg.mode, summary, out)
     return metrics
 
 
-def _check_resumable(cfg: DictConfig, data: SyntheticRegressionData | FileRegressionData) -> None:
-    """Refuse a checkpoint whose model differs from the one the config builds, naming the keys."""
-    checkpoint = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True)
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("twolayer-lightning")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _check_resumable(
+    cfg: DictConfig, data: SyntheticRegressionData | FileRegressionData, ckpt_path: str, checkpoint: dict[str, Any]
+) -> None:
+    """Refuse a checkpoint whose model or data differ from what the config builds, naming the keys.
+
+    What a resume may change: ``optim.lr`` (the remaining updates use the new one; one info line
+    says so and ``metrics.json`` keeps the checkpoint's under ``resumed_from``),
+    ``trainer.updates_per_step`` and ``trainer.update_path`` (the same arithmetic), ``max_steps``
+    and the logging intervals. ``seed`` only matters through the data it draws (refused below when
+    that differs); the weights come from the checkpoint, not from ``seed``.
+    """
     saved = checkpoint.get("hyper_parameters", {})
     wanted = {
         "in_features": data.x.shape[1],
@@ -287,7 +423,7 @@ def _check_resumable(cfg: DictConfig, data: SyntheticRegressionData | FileRegres
         "activation": cfg.model.activation,
     }
     problems = [
-        f"model.{key}={value!r} differs from ckpt_path={cfg.ckpt_path!r}, which was trained with {saved[key]!r}; "
+        f"model.{key}={value!r} differs from ckpt_path={ckpt_path!r}, which was trained with {saved[key]!r}; "
         "resume with the config the checkpoint was trained with"
         for key, value in wanted.items()
         if key in saved and saved[key] != value
@@ -295,11 +431,19 @@ def _check_resumable(cfg: DictConfig, data: SyntheticRegressionData | FileRegres
     trained_on = checkpoint.get(type(data).__qualname__, {}).get("train_data_sha256")
     if trained_on is not None and trained_on != data.state_dict()["train_data_sha256"]:
         problems.append(
-            f"ckpt_path={cfg.ckpt_path!r} was trained on other data than seed={cfg.seed} and these data settings "
+            f"ckpt_path={ckpt_path!r} was trained on other data than seed={cfg.seed} and these data settings "
             "give; resume with the seed and data the checkpoint was trained with"
         )
     if problems:
         raise ConfigError(problems)
+    if saved.get("lr") is not None and saved["lr"] != cfg.optim.lr:
+        log.info(
+            "resuming %s (trained with lr=%g up to step %d) with optim.lr=%g for the remaining steps",
+            ckpt_path,
+            saved["lr"],
+            checkpoint["global_step"],
+            cfg.optim.lr,
+        )
 
 
 def _load_model(ckpt_path: str, data: SyntheticRegressionData | FileRegressionData) -> LitTwoLayerNet:
@@ -364,7 +508,17 @@ def _task(cfg: DictConfig) -> float:
     try:
         metrics = train(cfg)
         return metrics.get("val_loss", metrics["train_loss"])
-    except (ConfigError, DataError, TrainingDivergedError) as err:
+    except TrainingInterruptedError as err:
+        # A signal ends the whole sweep, not just this job: launch nothing more, but summarise
+        # what ran (the SweepSummary callback would not run after this SystemExit).
+        if multirun:
+            log.error("job interrupted: %s", err)
+            summarize_sweep(HydraConfig.get().sweep.dir)
+        if _user_wants_tracebacks():
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(err.exit_code) from None
+    except (ConfigError, DataError, TrainingDivergedError, DiskFullError) as err:
         if multirun:
             # In a sweep, one bad job must not end the others: log it, and give the sweeper +inf.
             log.error("job failed: %s", describe_error(err))
@@ -380,6 +534,8 @@ def describe_error(err: BaseException) -> str:
     """One line (or one per problem) for a user's mistake: what is wrong, the value, what to use."""
     if isinstance(err, ConfigError):
         return "\n".join(f"error: {problem}" for problem in err.problems)
+    if isinstance(err, DiskFullError):
+        return f"error: {err.strerror}"
     cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
         key = cause.full_key
@@ -425,7 +581,14 @@ def main() -> None:
         os.environ[_OUR_FULL_ERROR] = "1"
     try:
         _hydra_main()
-    except (ConfigError, DataError, TrainingDivergedError, HydraException, OmegaConfBaseException) as err:
+    except (
+        ConfigError,
+        DataError,
+        TrainingDivergedError,
+        DiskFullError,
+        HydraException,
+        OmegaConfBaseException,
+    ) as err:
         if full_error:
             raise
         print(describe_error(err), file=sys.stderr)

@@ -67,6 +67,7 @@ class TrainerConfig:
     updates_per_step: int | None = None  # updates per Lightning training step; null: as many as the intervals allow
     update_path: str = "direct"  # direct | lightning (every per-update hook; DDP) | cuda_graph (GPU)
     checkpoint_every_n_steps: int = 0  # also save checkpoints/step-N.ckpt every N updates; 0: only last.ckpt
+    keep_checkpoints: int = 0  # keep the newest N step-N.ckpt files; 0: keep them all
     val_every_n_steps: int = 50  # validate every this many training steps (when there is validation data)
 
 
@@ -76,7 +77,7 @@ class Config:
     seed: int = 0  # seeds the generator that draws x, y, w1, w2 in that order
     output_dir: str = "${hydra:runtime.output_dir}"  # where the run writes its files
     logger: str = "csv"  # csv | tensorboard | none
-    ckpt_path: str | None = None  # resume from this checkpoint (a last.ckpt or step-N.ckpt)
+    ckpt_path: str | None = None  # resume from this checkpoint (a last.ckpt or step-N.ckpt); last: the run dir's newest
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -242,7 +243,10 @@ def validate(cfg: Any, cuda_available: bool | None = None) -> None:
     every = cfg.trainer.checkpoint_every_n_steps
     if isinstance(every, bool) or not isinstance(every, int) or every < 0:
         problems.append(f"trainer.checkpoint_every_n_steps={every!r} is not allowed: use a whole number >= 0")
-    if cfg.ckpt_path is not None and not Path(cfg.ckpt_path).is_file():
+    keep = cfg.trainer.keep_checkpoints
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+        problems.append(f"trainer.keep_checkpoints={keep!r} is not allowed: use a whole number >= 0 (0 keeps all)")
+    if cfg.ckpt_path not in (None, "last") and not Path(cfg.ckpt_path).is_file():
         problems.append(f"ckpt_path={cfg.ckpt_path!r} is not a file: give the path of a .ckpt written by a run")
     devices = cfg.trainer.devices
     if devices != "auto":

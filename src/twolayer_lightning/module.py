@@ -128,6 +128,10 @@ class LitTwoLayerNet(L.LightningModule):
         self._pending = []
         self._graph = None
         self._path = self._settle_path()
+        # A resume restores the optimizer's state, lr included: the lr this module was built with
+        # is the one the remaining updates use (and the one a run records).
+        for group in self.optimizers().optimizer.param_groups:
+            group["lr"] = self.hparams.lr
 
     def _settle_path(self) -> str:
         """The update path this fit can take: the one asked for, or ``"lightning"`` where it must be."""
@@ -174,7 +178,7 @@ class LitTwoLayerNet(L.LightningModule):
         # nan; on a GPU that would be a sync per step, and DDP ranks must report in step with each
         # other, so those look at each interval's losses together.
         check_each = world_size == 1 and x.device.type == "cpu"
-        diverged = False
+        diverged = stopping = False
         if self._path == "cuda_graph" and self._graph is None:
             self._graph = _CapturedUpdate(self, x, y)
         for _ in range(updates):
@@ -199,10 +203,16 @@ class LitTwoLayerNet(L.LightningModule):
             if check_each and not math.isfinite(loss.item()):
                 diverged = True
                 break
+            if world_size == 1 and self.trainer.received_sigterm:
+                # SIGTERM (or Ctrl-C, see checkpoints.StopOnSignal): stop after this update, not after the
+                # step's remaining ones; Lightning's loop then ends the fit at the end of this step.
+                # (Several processes stop together at the end of a step, as Lightning syncs them there.)
+                stopping = True
+                break
         self._last = (x, y, y_pred.detach())
         every = self.trainer.log_every_n_steps  # 0 in Trainer(barebones=True): report at the end only
         crossed = every > 0 and self.global_step // every > start // every
-        if crossed or diverged or self.global_step >= self.trainer.max_steps:
+        if crossed or diverged or stopping or self.global_step >= self.trainer.max_steps:
             self._report()
             if not self.trainer.barebones:  # barebones forbids self.log
                 # For callbacks (checkpoint monitors) and the progress bar; the logger got every step.

@@ -238,7 +238,7 @@ def _last_error(job_dir: Path) -> str:
                         break
                     record.append(rest.strip())
     # "job failed: error: ..." is how cli._task logs it; the status column already says that much.
-    parts = [re.sub(r"^(?:job failed:\s*)?(?:error:\s*)?", "", part) for part in record]
+    parts = [re.sub(r"^(?:job (?:failed|interrupted):\s*)?(?:error:\s*)?", "", part) for part in record]
     return "; ".join(part for part in parts if part)
 
 
@@ -353,7 +353,8 @@ def summarize_sweep(sweep_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
     A job dir is any folder under ``sweep_dir`` that holds ``.hydra/overrides.yaml``. Each row has
     the job's number, its overrides (``key=value`` joined by spaces), its status (``ok``,
-    ``diverged``, or ``failed`` when it has no readable ``metrics.json``), ``train_loss``,
+    ``diverged``, ``interrupted`` (stopped by SIGTERM or Ctrl-C; the sweep launched nothing after it), or
+    ``failed`` when it has no readable ``metrics.json``), ``train_loss``,
     ``val_loss`` (from ``metrics.json``, else the last value in its csv; None without one),
     ``global_step``, ``fit_seconds``, ``error`` (for a job that is not ok, the last ERROR line of
     its log; and whatever in the dir could not be read, e.g. a broken csv) and ``dir`` (the job dir
@@ -387,6 +388,8 @@ def summarize_sweep(sweep_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
         writer.writerow(columns)
         writer.writerows([_csv_cell(row[column]) for column in columns] for row in rows)
     counts = {status: sum(row["status"] == status for row in rows) for status in ("ok", "diverged", "failed")}
+    if any(row["status"] == "interrupted" for row in rows):  # a sweep stopped by SIGTERM or Ctrl-C
+        counts["interrupted"] = sum(row["status"] == "interrupted" for row in rows)
     intro = (
         f"{len(rows)} jobs, best first by {objective} (diverged and failed jobs last): "
         + ", ".join(f"{count} {status}" for status, count in counts.items())

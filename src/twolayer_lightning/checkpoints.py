@@ -1,0 +1,216 @@
+"""Checkpoints that survive: atomic writes, checks before a resume, and a fit that stops cleanly on a signal.
+
+- :class:`AtomicCheckpointIO` (a Lightning ``CheckpointIO`` plugin, ``Trainer(plugins=[...])``) writes
+  every checkpoint to a temporary file in the checkpoint's own folder, fsyncs it and renames it
+  into place: a kill or a full disk leaves the previous checkpoints intact and never a partial
+  file under a final name (Lightning's default goes through fsspec, whose local transaction
+  writes in ``$TMPDIR``: a copy, not a rename, when that is another filesystem).
+- :func:`read_checkpoint` loads a checkpoint for a resume and turns an empty, truncated or foreign
+  file into one line; :func:`newest_checkpoint` finds what ``ckpt_path=last`` resumes.
+- :class:`StopOnSignal` (a Lightning callback) routes Ctrl-C into Lightning's own SIGTERM handling,
+  so that both signals end the fit after the current update, in a state that resumes bitwise.
+
+No Hydra here: these work with a plain ``lightning.Trainer``.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import logging
+import os
+import shutil
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from twolayer_lightning.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Bumped when a checkpoint of this package changes in a way an older or newer version cannot resume.
+CHECKPOINT_FORMAT = 1
+STAMP_KEY = "twolayer_lightning"  # the checkpoint's entry {"format": ..., "version": ...}
+
+
+class DiskFullError(OSError):
+    """A checkpoint did not fit on its filesystem; the previous checkpoints are intact."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Save each checkpoint to ``.<name>.<pid>.tmp`` beside it, fsync, then rename it into place.
+
+    The rename is atomic on one filesystem, so a reader (or a resume after a kill -9) sees the
+    old file or the new one, never a partial one. A full disk raises :class:`DiskFullError`
+    naming the path, the bytes needed and the bytes free, after removing the temporary file.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"AtomicCheckpointIO takes no storage_options, got {storage_options!r}")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()  # serialised first: its size is what a full disk must be told
+        torch.save(checkpoint, buffer)
+        data = buffer.getbuffer()
+        temp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+        try:
+            with open(temp, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())  # the bytes are on disk before the name points at them
+            os.replace(temp, path)
+        except OSError as err:
+            temp.unlink(missing_ok=True)
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                free = shutil.disk_usage(path.parent).free
+                raise DiskFullError(
+                    err.errno,
+                    f"no space left on the device to write the checkpoint {path}: it needs {len(data):,} bytes and "
+                    f"{free:,} are free; free some space (or keep fewer: trainer.keep_checkpoints=N) and resume "
+                    "with ckpt_path=last",
+                ) from None
+            raise
+        _fsync_dir(path.parent)  # the rename itself survives a power cut
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # not every OS can open a folder; the rename is atomic all the same
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def read_checkpoint(path: str | os.PathLike[str], key: str = "ckpt_path") -> dict[str, Any]:
+    """Load a checkpoint of this package (tensors mapped, not read) or raise one line saying why not.
+
+    Args:
+        path: the ``.ckpt`` file.
+        key: the config key the path came from, named in the error.
+
+    Raises:
+        ConfigError: the file is empty, truncated, not a torch file, not a Lightning checkpoint
+            of :class:`~twolayer_lightning.LitTwoLayerNet`, or from an incompatible version.
+    """
+    path = Path(path)
+    where = f"{key}={str(path)!r}"
+    if path.stat().st_size == 0:
+        raise ConfigError([f"{where} is an empty file: resume from another checkpoint (ckpt_path=last finds one)"])
+    try:
+        # mmap: the header and the scalars are read, the tensors only when used.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch raises RuntimeError, pickle errors, EOFError, ... for a bad file
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            [
+                f"{where} cannot be read as a checkpoint (truncated, or not a torch file: {reason[:160]}); "
+                "resume from another checkpoint (ckpt_path=last finds the newest complete one)"
+            ]
+        ) from None
+    missing = [
+        k
+        for k in ("state_dict", "global_step", "hyper_parameters")
+        if not isinstance(checkpoint, dict) or k not in checkpoint
+    ]
+    if missing:
+        raise ConfigError(
+            [
+                f"{where} is not a Lightning checkpoint of this package (it has no {', '.join(missing)}); give a "
+                "last.ckpt or checkpoints/step-N.ckpt written by a run"
+            ]
+        )
+    stamp = checkpoint.get(STAMP_KEY)
+    if isinstance(stamp, dict) and stamp.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(
+            [
+                f"{where} was written by twolayer-lightning {stamp.get('version')} in checkpoint format "
+                f"{stamp.get('format')}, and this version reads format {CHECKPOINT_FORMAT}; resume it with "
+                f"twolayer-lightning {stamp.get('version')}"
+            ]
+        )
+    hparams = checkpoint["hyper_parameters"]
+    if not isinstance(hparams, dict) or not {"in_features", "hidden_features", "out_features", "lr"} <= set(hparams):
+        raise ConfigError(
+            [f"{where} is a Lightning checkpoint of another model, not of LitTwoLayerNet; give one written by a run"]
+        )
+    return checkpoint
+
+
+def newest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
+    """The checkpoint of ``run_dir`` with the most updates that loads: what ``ckpt_path=last`` resumes.
+
+    Candidates are ``last.ckpt``, ``checkpoints/step-N.ckpt`` and Lightning's SLURM
+    ``hpc_ckpt_N.ckpt``; one that does not load (cut short by a kill during an older version's
+    save, say) is skipped with a warning. Among equal steps the newest file wins.
+    """
+    run_dir = Path(run_dir)
+    candidates = [run_dir / "last.ckpt", *run_dir.glob("checkpoints/step-*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
+    best: tuple[int, float, Path] | None = None
+    for path in candidates:
+        if not path.is_file():
+            continue
+        try:
+            step = int(read_checkpoint(path)["global_step"])
+        except ConfigError as err:
+            log.warning("skipping %s: %s", path, err.problems[0])
+            continue
+        key = (step, path.stat().st_mtime, path)
+        if best is None or key[:2] > best[:2]:
+            best = key
+    return best[2] if best else None
+
+
+class StopOnSignal(L.Callback):
+    """End a fit after the current update on SIGTERM or SIGINT, through Lightning's own SIGTERM path.
+
+    Lightning's signal connector sets ``trainer.received_sigterm`` on SIGTERM (after forwarding
+    it to DDP ranks and, on SLURM with auto-requeue, alongside the SIGUSR1 requeue handler) and
+    its loops then raise ``SIGTERMException`` at the end of the training step; the module stops
+    its updates within the step as soon as it sees the flag. This callback adds SIGINT (Ctrl-C)
+    to that path for the fit, so both signals stop at an update boundary instead of Python's
+    KeyboardInterrupt landing in the middle of an update; a second Ctrl-C interrupts at once.
+    It also stamps every checkpoint with the package's checkpoint format and version.
+
+    Attributes:
+        received: the signal that stopped the fit (``signal.SIGTERM`` or ``signal.SIGINT``), or None.
+    """
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+        self.received: int | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.received = None
+        # Lightning registers its handlers before this hook and restores every signal's
+        # handler (SIGINT's included) when the fit tears down.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._make_sigint_handler(trainer))
+
+    def _make_sigint_handler(self, trainer: L.Trainer) -> Any:
+        def on_sigint(signum: int, frame: FrameType | None) -> None:
+            if trainer.received_sigterm:
+                raise KeyboardInterrupt  # the second Ctrl-C: stop now
+            log.info("Ctrl-C: stopping after the current update (press it again to stop at once)")
+            self.received = signal.SIGINT
+            trainer._signal_connector.received_sigterm = True  # the flag Lightning's SIGTERM handler sets
+
+        return on_sigint
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if trainer.received_sigterm and self.received is None:
+            self.received = signal.SIGTERM
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint[STAMP_KEY] = {"format": CHECKPOINT_FORMAT, "version": self.version}

@@ -1,0 +1,247 @@
+"""Run dirs: what may start in a folder, and one run at a time in it.
+
+:func:`check_run_dir` refuses, with one line each, a folder that is a file, cannot be written, or
+already holds a finished run (``metrics.json`` with a status other than ``interrupted``); a run
+that stopped early (interrupted, or killed with no status) may only be resumed there
+(``ckpt_path=last``). :class:`RunDirLock` keeps a second process out of a folder in use: the
+lock file holds its owner's pid and host, and a lock whose process is gone (a kill -9) is taken
+over. :class:`RunDirGuard` runs both as a Hydra callback before Hydra writes ``.hydra/`` or opens
+``train.log``, so a refused run touches nothing of the run it was refused for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from twolayer_lightning.config import ConfigError, validate
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+LOCK_FILE = ".lock"
+FINISHED_ELSEWHERE = "choose another dir (hydra.run.dir=... or run(..., output_dir=...))"
+
+
+def resume_hint(run_dir: Path) -> str:
+    """The command that resumes the run in ``run_dir`` from its newest checkpoint."""
+    return f"python train.py hydra.run.dir={run_dir} ckpt_path=last <the run's other overrides>"
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a checkpoint that ``ckpt_path=last`` could resume."""
+    return (
+        (run_dir / "last.ckpt").is_file()
+        or any(run_dir.glob("checkpoints/step-*.ckpt"))
+        or any(run_dir.glob("hpc_ckpt_*.ckpt"))
+    )
+
+
+def check_run_dir(run_dir: Path, resuming: bool, mode: str = "train") -> None:
+    """Refuse a run into ``run_dir`` that would overwrite another run's files or cannot write its own.
+
+    Args:
+        run_dir: the run's output dir (it may not exist yet).
+        resuming: the run resumes from a checkpoint (``ckpt_path`` is set).
+        mode: ``train``, or ``validate``/``predict``, which never share a dir with another run.
+
+    Raises:
+        ConfigError: one line naming the folder, what is wrong and what to do.
+    """
+    where = f"output_dir={str(run_dir)!r}"
+    existing = next((p for p in (run_dir, *run_dir.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError([f"{where} cannot be made: {str(existing)!r} is a file, not a folder; {FINISHED_ELSEWHERE}"])
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            [f"{where} is not writable ({str(existing)!r} is read-only for this user); {FINISHED_ELSEWHERE}"]
+        )
+    status = _status(run_dir)
+    if status is not None and (status != "interrupted" or mode != "train"):
+        raise ConfigError(
+            [
+                f"{where} already holds a finished run ({METRICS_FILE} says status {status!r}); {FINISHED_ELSEWHERE}; "
+                f"to train it further, start a new dir with ckpt_path={run_dir / 'last.ckpt'}"
+            ]
+        )
+    if resuming:
+        return
+    if status == "interrupted":
+        raise ConfigError(
+            [f"{where} holds an interrupted run; resume it with `{resume_hint(run_dir)}`, or {FINISHED_ELSEWHERE}"]
+        )
+    if has_checkpoint(run_dir):
+        raise ConfigError(
+            [
+                f"{where} holds a run that stopped without a {METRICS_FILE} (killed?) and left checkpoints; resume it "
+                f"with `{resume_hint(run_dir)}`, or {FINISHED_ELSEWHERE}"
+            ]
+        )
+
+
+def _status(run_dir: Path) -> str | None:
+    """The status in ``run_dir/metrics.json``; None without one, ``"unreadable"`` for a broken one."""
+    try:
+        metrics = json.loads((run_dir / METRICS_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return "unreadable"
+    return str(metrics.get("status", "ok")) if isinstance(metrics, dict) else "unreadable"
+
+
+class RunDirLock:
+    """``run_dir/.lock`` with this process's pid and host, for as long as the run lasts.
+
+    Taking it twice in one process is fine (the Hydra callback takes it before :func:`train`
+    does). Another live process's lock is refused with one line; a lock whose pid is gone on
+    this host is stale (its owner was killed) and taken over.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK_FILE
+        self.owner = f"{os.getpid()} {socket.gethostname()}"
+        self._made: list[Path] = []  # folders acquire() made: a run refused afterwards leaves none behind
+
+    def acquire(self) -> bool:
+        """Take the lock; True when this call took it, False when this process already held it.
+
+        Raises:
+            ConfigError: another live process holds it, or the folder cannot be written.
+        """
+        self._made = [p for p in (self.path.parent, *self.path.parent.parents) if not p.exists()]
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(
+                [f"output_dir={str(self.path.parent)!r} cannot be made ({err.strerror}); {FINISHED_ELSEWHERE}"]
+            ) from None
+        for _ in range(3):  # a stale lock removed by someone else in between: try again
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder == self.owner:
+                    return False
+                if holder is not None and not self._stale(holder):
+                    pid, _, host = holder.partition(" ")
+                    raise ConfigError(
+                        [
+                            f"output_dir={str(self.path.parent)!r} is in use by another run (pid {pid} on {host}, "
+                            f"see {self.path}); wait for it, or {FINISHED_ELSEWHERE}"
+                        ]
+                    ) from None
+                log.warning("taking over the stale lock %s of a run that is gone (%s)", self.path, holder)
+                self.path.unlink(missing_ok=True)
+                continue
+            except OSError as err:
+                raise ConfigError(
+                    [f"output_dir={str(self.path.parent)!r} cannot be written ({err.strerror}); {FINISHED_ELSEWHERE}"]
+                ) from None
+            with os.fdopen(fd, "w") as file:
+                file.write(self.owner + "\n")
+            return True
+        raise ConfigError([f"output_dir={str(self.path.parent)!r}: could not take {self.path}; try again"])
+
+    def release(self) -> None:
+        """Remove the lock if this process holds it, and the folders it made if they stayed empty."""
+        if self._holder() == self.owner:
+            self.path.unlink(missing_ok=True)
+        for folder in self._made:
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # the run wrote into it (or something else did): keep it and its parents
+
+    def _holder(self) -> str | None:
+        try:
+            return self.path.read_text().strip() or None
+        except OSError:
+            return None
+
+    @staticmethod
+    def _stale(holder: str) -> bool:
+        pid, _, host = holder.partition(" ")
+        if host != socket.gethostname() or not pid.isdigit():
+            return False  # another machine's process cannot be looked at from here: assume it runs
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False  # it exists, as another user
+        return False
+
+
+def is_rank_zero() -> bool:
+    """False in the extra processes Lightning starts for DDP, which share rank 0's run dir."""
+    return rank_zero_only.rank == 0
+
+
+class RunDirGuard(Callback):
+    """Hydra callback: check the run dir and take its lock before Hydra writes anything into it.
+
+    Hydra calls ``on_run_start`` before it makes the run dir, writes ``.hydra/`` and opens the
+    job's log file; a refused run ends there with one line and exit status 2 (SystemExit: Hydra
+    turns exceptions in callbacks into warnings). A ``-m`` sweep into a sweep dir that already
+    holds a finished job is refused the same way in ``on_multirun_start``.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not is_rank_zero():
+            return
+        try:
+            validate(config)
+        except ConfigError:
+            return  # train() reports a bad value, and such a run must leave no folder behind
+        run_dir = _run_dir(config)
+        try:
+            check_run_dir(run_dir, config.ckpt_path is not None or slurm_requeued(), config.mode)
+            RunDirLock(run_dir.absolute()).acquire()
+        except ConfigError as err:
+            _refuse(err)
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if is_rank_zero():
+            RunDirLock(_run_dir(config).absolute()).release()
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir")))
+        finished = sorted(sweep_dir.glob(f"**/{METRICS_FILE}")) if sweep_dir.is_dir() else []
+        if finished:
+            _refuse(
+                ConfigError(
+                    [
+                        f"hydra.sweep.dir={str(sweep_dir)!r} already holds a sweep's results ({finished[0]}); choose "
+                        "another hydra.sweep.dir (resume one interrupted job with `python train.py "
+                        "hydra.run.dir=<its job dir> ckpt_path=last <its overrides>`)"
+                    ]
+                )
+            )
+
+
+def _run_dir(config: DictConfig) -> Path:
+    """Where the run will write: ``output_dir`` when given, else ``hydra.run.dir`` (its default's target)."""
+    node = config._get_node("output_dir")
+    if node is not None and "hydra:runtime.output_dir" not in str(node._value()):
+        return Path(str(config.output_dir))
+    return Path(str(OmegaConf.select(config, "hydra.run.dir")))
+
+
+def slurm_requeued() -> bool:
+    """This is a SLURM job started again by a requeue (Lightning's auto-requeue on SIGUSR1)."""
+    return "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+
+
+def _refuse(err: ConfigError) -> None:
+    print("\n".join(f"error: {problem}" for problem in err.problems), file=sys.stderr)
+    raise SystemExit(2)
