@@ -59,7 +59,7 @@ def test_default_config_is_the_seed():
 BAD_INPUTS = [
     # (overrides, what the one line must contain)
     (["optim.lrr=1"], ["unknown config key 'optim.lrr'", "optim.lr"]),
-    (["optim.lr=abc"], ["optim.lr", "'abc'", "Float"]),
+    (["optim.lr=abc"], ["optim.lr='abc'", "> 0", "or auto"]),
     (["optim.lr=0"], ["optim.lr=0.0", "> 0"]),
     (["optim.lr=-1e-6"], ["optim.lr=-1e-06", "> 0"]),
     (["model.hidden_features=0"], ["model.hidden_features=0", "> 0"]),

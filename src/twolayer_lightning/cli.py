@@ -7,10 +7,12 @@ both call :func:`main`.
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import logging
 import math
 import os
+import platform
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -29,8 +31,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from twolayer_lightning.config import Config, ConfigError, register_configs, updates_per_step, validate
-from twolayer_lightning.data import DataError, FileRegressionData, SyntheticRegressionData
+from twolayer_lightning.data import DataError, FileRegressionData, SyntheticRegressionData, load_inputs
+from twolayer_lightning.model import TwoLayerNet
 from twolayer_lightning.module import LitTwoLayerNet
+from twolayer_lightning.optim import search_lr
 from twolayer_lightning.report import plot_run
 
 log = logging.getLogger(__name__)
@@ -95,15 +99,22 @@ def _make_data(cfg: DictConfig, generator: torch.Generator) -> SyntheticRegressi
         return SyntheticRegressionData(
             cfg.data.num_samples, cfg.model.in_features, cfg.model.out_features, generator=generator
         )
-    data = FileRegressionData.from_files(
-        cfg.data.x_path,
-        cfg.data.y_path,
-        list(cfg.data.target_columns) or None,
-        val_fraction=cfg.data.val_fraction,
-        batch_size=cfg.data.batch_size,
-        shuffle=cfg.data.shuffle,
-        seed=cfg.seed,
-    )
+    try:
+        data = FileRegressionData.from_files(
+            cfg.data.x_path,
+            cfg.data.y_path,
+            list(cfg.data.target_columns) or None,
+            val_fraction=cfg.data.val_fraction,
+            batch_size=cfg.data.batch_size,
+            shuffle=cfg.data.shuffle,
+            seed=cfg.seed,
+            standardize=cfg.data.standardize,
+            split_seed=cfg.data.split_seed,
+        )
+    except DataError:
+        raise
+    except ValueError as err:  # a split the rows do not allow: the message starts with the key
+        raise ConfigError([f"data.{str(err).removeprefix('FileRegressionData: ')}"]) from None
     problems = [
         f"model.{key}={cfg.model[key]} does not match the data: it has {actual} ({what}); leave model.{key} "
         "unset (data=files reads it from the data) or fix it"
@@ -197,6 +208,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg)
     out = _output_dir(cfg)
     ups = updates_per_step(cfg)
+    if cfg.mode == "predict" and cfg.data.kind == "files":
+        return _predict_files(cfg, out)
+    lr_search = None
     with _isolated_global_state():
         # One generator draws x, y, w1, w2 in the seed's order: the data first, then the weights.
         generator = torch.Generator().manual_seed(cfg.seed)
@@ -205,15 +219,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if cfg.mode == "train":
             if cfg.ckpt_path is not None:
                 _check_resumable(cfg, data)
+            lr, lr_search = _choose_lr(cfg, data, generator)
             model = LitTwoLayerNet(
                 data.x.shape[1],
                 cfg.model.hidden_features,
                 data.y.shape[1],
-                lr=cfg.optim.lr,
+                lr=lr,
                 activation=cfg.model.activation,
                 generator=generator,
                 updates_per_step=ups,
                 update_path=cfg.trainer.update_path,
+                init=cfg.model.init,
             )
         else:
             model = _load_model(cfg.ckpt_path, data)
@@ -237,7 +253,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "status": "ok" if model.diverged_at is None else "diverged",
         "mode": cfg.mode,
         "train_loss": model.last_loss,
-        "global_step": trainer.global_step,
+        "global_step": trainer.global_step if cfg.mode == "train" else _checkpoint_step(cfg.ckpt_path),
         "seed": cfg.seed,
         "lr": model.hparams.lr,
         "accelerator": trainer.accelerator.__class__.__name__.removesuffix("Accelerator").lower(),
@@ -252,16 +268,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         **{k: v for k, v in trainer.callback_metrics.items() if k.startswith("val_")},
     }
     metrics = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
+    if model.diverged_at is not None:
+        metrics["diverged_at_step"] = model.diverged_at
+    if lr_search is not None:
+        metrics["lr_search"] = lr_search
+    metrics["versions"] = _versions(trainer)
+    metrics = _strict_json(metrics)
     if trainer.is_global_zero:
-        # A diverged run records its inf/nan loss as JSON's Infinity/NaN.
-        (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        _write_metrics(out, metrics)
         if cfg.logger == "csv" and cfg.mode == "train":
             plot_run(out)  # loss.png; without matplotlib, one warning line and no picture
     if model.diverged_at is not None:
         raise TrainingDivergedError(
             f"training diverged: the loss became {model.last_loss} at step {model.diverged_at} with "
-            f"optim.lr={cfg.optim.lr:g} and stopped at step {trainer.global_step - 1}; use a smaller optim.lr "
-            "(the seed's is 1e-6)"
+            f"optim.lr={model.hparams.lr:g}{' (picked by optim.lr=auto)' if lr_search else ''} and stopped at step "
+            f"{trainer.global_step - 1}; use a smaller optim.lr (the seed's is 1e-6)"
         )
     if trainer.is_global_zero:
         if cfg.mode == "train":
@@ -271,6 +292,163 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         else:
             summary = f"{cfg.ckpt_path}: {metrics['num_samples']} predictions in predictions.npy"
         log.info("done: %s, %s; files in %s", cfg.mode, summary, out)
+    return metrics
+
+
+def _choose_lr(
+    cfg: DictConfig, data: SyntheticRegressionData | FileRegressionData, generator: torch.Generator
+) -> tuple[float, dict[str, Any] | None]:
+    """``optim.lr``, or with ``auto`` the lr a range test picks (and its record for metrics.json).
+
+    The range test starts every candidate from the very weights the fit will draw (a copy of the
+    generator draws them), trains on the training rows only (holding out part of them to score),
+    with the fit's batch setting. A resume takes the lr its checkpoint was trained with.
+
+    Raises:
+        ConfigError: every candidate lr diverged.
+    """
+    if cfg.optim.lr != "auto":
+        return float(cfg.optim.lr), None
+    if cfg.ckpt_path is not None:
+        return float(torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True)["hyper_parameters"]["lr"]), None
+    copy = torch.Generator().set_state(generator.get_state())
+    x, y = data.training_rows if isinstance(data, FileRegressionData) else (data.x, data.y)
+    net = TwoLayerNet(x.shape[1], cfg.model.hidden_features, y.shape[1], generator=copy, init=cfg.model.init)
+    batch_size = cfg.data.batch_size if cfg.data.kind == "files" else None
+    started = time.perf_counter()
+    try:
+        found = search_lr(x, y, net.w1, net.w2, steps=cfg.trainer.max_steps, batch_size=batch_size, seed=cfg.seed)
+    except ValueError as err:
+        raise ConfigError(
+            [f"optim.lr=auto: {str(err).removeprefix('search_lr: ')}; or set optim.lr=<number> yourself"]
+        ) from None
+    found["seconds"] = time.perf_counter() - started
+    log.info(
+        "optim.lr=auto: lr %.3g (range test: %d steps on %d training rows, scored on %d held-out ones; held-out MSE "
+        "by lr: %s)",
+        found["lr"],
+        found["steps"],
+        found["fit_rows"],
+        found["held_out_rows"],
+        ", ".join(
+            f"{lr:.3g}: {'diverged' if mse is None else f'{mse:.4g}'}"
+            for lr, mse in zip(found["candidates"], found["held_out_mse"], strict=True)
+        ),
+    )
+    return found["lr"], found
+
+
+def _checkpoint_step(ckpt_path: str) -> int:
+    """The number of updates the checkpoint's weights have had (its ``global_step``)."""
+    return int(torch.load(ckpt_path, map_location="cpu", weights_only=True).get("global_step", 0))
+
+
+def _versions(trainer: L.Trainer | None) -> dict[str, str]:
+    """What the run's numbers depend on: the library versions and the device it computed on."""
+    device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
+        with contextlib.suppress(OSError):
+            models = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+            name = models[0].split(":", 1)[1].strip() if models else name
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": L.__version__,
+        "numpy": np.__version__,
+        "device": f"{device.type}: {name}",
+    }
+
+
+def _strict_json(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` with every inf or nan float as None (JSON has neither), listed under ``non_finite``.
+
+    ``non_finite`` maps each such key to "inf", "-inf" or "nan"; with ``status: diverged`` it says
+    why the loss is missing, in a validate or predict run that no training loss exists.
+    """
+    non_finite: dict[str, str] = {}
+
+    def clean(key: str, value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            non_finite[key] = str(value)
+            return None
+        if isinstance(value, dict):
+            return {k: clean(f"{key}.{k}", v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(f"{key}[{i}]", v) for i, v in enumerate(value)]
+        return value
+
+    cleaned = {key: clean(key, value) for key, value in metrics.items()}
+    if non_finite:
+        cleaned["non_finite"] = non_finite
+    return cleaned
+
+
+def _write_metrics(out: Path, metrics: dict[str, Any]) -> None:
+    # allow_nan=False: metrics.json is strict JSON that any parser reads (see _strict_json).
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+
+
+def _predict_files(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    """``mode=predict`` on a user's file: x alone is read (targets, if the file has them, are not needed).
+
+    Writes ``predictions.npy`` (one row per row of x, in the data's units) and, when x came from a
+    CSV, ``predictions.csv`` with the target names the model was trained with as header.
+    """
+    model = LitTwoLayerNet.load_from_checkpoint(cfg.ckpt_path, map_location="cpu", weights_only=True)
+    names = model.column_names or {}
+    x = load_inputs(cfg.data.x_path, names.get("x"), list(cfg.data.target_columns))
+    if x.shape[1] != model.hparams.in_features:
+        raise ConfigError(
+            [
+                f"data.x_path={cfg.data.x_path!r} has {x.shape[1]} input columns, but ckpt_path={cfg.ckpt_path!r} "
+                f"holds a model for {model.hparams.in_features}; give rows with the columns the model was trained on"
+            ]
+        )
+    with _isolated_global_state():
+        out.mkdir(parents=True, exist_ok=True)
+        trainer = L.Trainer(
+            accelerator=cfg.trainer.accelerator,
+            devices=1,
+            precision=cfg.trainer.precision,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=out,
+        )
+        started = time.perf_counter()
+        loader = torch.utils.data.DataLoader(x, batch_size=cfg.data.batch_size or len(x))
+        predictions = torch.cat(trainer.predict(model, dataloaders=loader)).cpu()  # (N, D_out), the data's units
+        seconds = time.perf_counter() - started
+    np.save(out / "predictions.npy", predictions.numpy())
+    files = ["predictions.npy"]
+    if Path(cfg.data.x_path).suffix.lower() == ".csv":
+        header = names.get("y") or [f"y{j}" for j in range(predictions.shape[1])]
+        with (out / "predictions.csv").open("w", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow(header)
+            writer.writerows(predictions.tolist())
+        files.append("predictions.csv")
+    metrics = _strict_json(
+        {
+            "status": "ok",
+            "mode": "predict",
+            "global_step": _checkpoint_step(cfg.ckpt_path),
+            "lr": model.hparams.lr,
+            "num_samples": len(x),
+            "in_features": model.hparams.in_features,
+            "hidden_features": model.hparams.hidden_features,
+            "out_features": model.hparams.out_features,
+            "standardized": model.net.scaled,
+            "fit_seconds": seconds,
+            "versions": _versions(trainer),
+        }
+    )
+    _write_metrics(out, metrics)
+    log.info("done: predict, %s: %d predictions in %s; files in %s", cfg.ckpt_path, len(x), " and ".join(files), out)
     return metrics
 
 
