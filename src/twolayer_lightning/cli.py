@@ -197,7 +197,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         The metrics written to ``metrics.json``: ``status``, ``train_loss`` (the loss of the last
         step, the last number the seed prints), ``global_step``, ``seed``, ``lr``, ``accelerator``,
         ``fit_seconds``, ``updates_per_step`` and ``update_path`` (the path the fit took), the sizes,
-        and the validation metrics when there are any.
+        the validation metrics when there are any, ``lr_search`` with ``optim.lr=auto`` and
+        ``versions``. Here inf and nan are floats; in ``metrics.json`` they are null, and
+        ``non_finite`` names them. ``train_loss`` is the objective optimized: with
+        ``data.standardize`` the sum of squares in standardized units; the validation metrics
+        are in the data's units. ``mode=validate`` and ``mode=predict`` record the checkpoint's
+        ``global_step``.
 
     Raises:
         ConfigError: a value is out of range, the data does not fit the model, or the output dir
@@ -273,7 +278,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if lr_search is not None:
         metrics["lr_search"] = lr_search
     metrics["versions"] = _versions(trainer)
-    metrics = _strict_json(metrics)
     if trainer.is_global_zero:
         _write_metrics(out, metrics)
         if cfg.logger == "csv" and cfg.mode == "train":
@@ -387,8 +391,9 @@ def _strict_json(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_metrics(out: Path, metrics: dict[str, Any]) -> None:
-    # allow_nan=False: metrics.json is strict JSON that any parser reads (see _strict_json).
-    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    """metrics.json as strict JSON that any parser reads (see :func:`_strict_json`); ``train`` returns
+    the metrics as they are, inf and nan included."""
+    (out / METRICS_FILE).write_text(json.dumps(_strict_json(metrics), indent=2, allow_nan=False) + "\n")
 
 
 def _predict_files(cfg: DictConfig, out: Path) -> dict[str, Any]:
@@ -432,21 +437,20 @@ def _predict_files(cfg: DictConfig, out: Path) -> dict[str, Any]:
             writer.writerow(header)
             writer.writerows(predictions.tolist())
         files.append("predictions.csv")
-    metrics = _strict_json(
-        {
-            "status": "ok",
-            "mode": "predict",
-            "global_step": _checkpoint_step(cfg.ckpt_path),
-            "lr": model.hparams.lr,
-            "num_samples": len(x),
-            "in_features": model.hparams.in_features,
-            "hidden_features": model.hparams.hidden_features,
-            "out_features": model.hparams.out_features,
-            "standardized": model.net.scaled,
-            "fit_seconds": seconds,
-            "versions": _versions(trainer),
-        }
-    )
+    metrics = {
+        "status": "ok",
+        "mode": "predict",
+        "train_loss": math.nan,  # no training in predict
+        "global_step": _checkpoint_step(cfg.ckpt_path),
+        "lr": model.hparams.lr,
+        "num_samples": len(x),
+        "in_features": model.hparams.in_features,
+        "hidden_features": model.hparams.hidden_features,
+        "out_features": model.hparams.out_features,
+        "standardized": model.net.scaled,
+        "fit_seconds": seconds,
+        "versions": _versions(trainer),
+    }
     _write_metrics(out, metrics)
     log.info("done: predict, %s: %d predictions in %s; files in %s", cfg.ckpt_path, len(x), " and ".join(files), out)
     return metrics

@@ -286,13 +286,17 @@ def check_split(val_fraction: float, num_rows: int) -> str | None:
         return None
     works = [v / 1000 for v in range(1, 1000) if 2 <= math.ceil(v / 1000 * num_rows) < num_rows]
     if num_val >= num_rows:
-        fix = f"use at most {works[-1]:g}" if works else f"{num_rows} rows are too few to split; use 0"
-        return f"val_fraction={val_fraction!r} of {num_rows} rows leaves no training row; {fix} (0: no validation)"
-    fix = f"use at least {works[0]:g}" if works else f"{num_rows} rows are too few to split; use 0"
-    return (
-        f"val_fraction={val_fraction!r} of {num_rows} rows holds out 1 row, and R2 and explained variance "
-        f"need at least 2; {fix}, or 0 for no validation"
-    )
+        problem = f"val_fraction={val_fraction!r} of {num_rows} rows leaves no training row"
+        fix = f"use at most {works[-1]:g}" if works else ""
+    else:
+        problem = (
+            f"val_fraction={val_fraction!r} of {num_rows} rows holds out 1 row, and R2 and explained variance "
+            "need at least 2"
+        )
+        fix = f"use at least {works[0]:g}" if works else ""
+    if not works:
+        return f"{problem}; {num_rows} rows are too few for 2 validation rows and 1 training row: use 0 (no validation)"
+    return f"{problem}; {fix} (or 0: no validation)"
 
 
 class FileRegressionData(L.LightningDataModule):

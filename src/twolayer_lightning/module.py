@@ -369,9 +369,10 @@ class LitTwoLayerNet(L.LightningModule):
     def _warn_if_stalled(self) -> None:
         """Warn when training did not work though nothing failed, naming the likely cause.
 
-        Three cases: the loss stopped moving with most hidden units dead (lr too large); it hardly
-        moved over the whole run on data that is not standardized (scale it); it fell by less than
-        a few percent over the run (lr too small).
+        The cases: the loss hardly moved over the whole run on data that is not standardized (scale
+        it); it stopped moving with most hidden units dead (lr too large); it fell by less than 5%
+        over the run (lr too small); it rose (lr too large). The ends of the run are compared as
+        means over a tenth of its steps each.
         """
         window = max(len(self.losses) // 10, 1)
         if self.diverged_at is not None or len(self.losses) < 2 * window or not self.trainer.is_global_zero:
@@ -380,26 +381,38 @@ class LitTwoLayerNet(L.LightningModule):
         first = sum(self.losses[:window]) / window
         last = sum(self.losses[-window:]) / window
         fell = (first - last) / abs(first) if first else 0.0
-        if not self.dead_units > 0.5 and fell < 0.05:
-            datamodule = self.trainer.datamodule
-            if getattr(datamodule, "standardize", None) is False and not self.net.scaled:
-                log.warning(
-                    "training hardly moved: the loss fell by %.1f%% over %d steps (now %r) on data that is not "
-                    "standardized; with the seed's net (no bias, a summed loss) that is the usual cause: try "
-                    "data.standardize=true",
-                    100 * fell,
-                    len(self.losses),
-                    self.losses[-1],
-                )
-            else:
-                log.warning(
-                    "training hardly moved: the loss fell by %.1f%% over %d steps (now %r); lr=%g is likely too "
-                    "small: try a larger optim.lr (optim.lr=auto picks one for your data)",
-                    100 * fell,
-                    len(self.losses),
-                    self.losses[-1],
-                    self.hparams.lr,
-                )
+        unscaled = getattr(self.trainer.datamodule, "standardize", None) is False and not self.net.scaled
+        if fell < 0.05 and unscaled:
+            log.warning(
+                "training hardly moved: the loss fell by %.1f%% over %d steps (now %r) on data that is not "
+                "standardized; with the seed's net (no bias, a summed loss) that is the usual cause: try "
+                "data.standardize=true",
+                100 * fell,
+                len(self.losses),
+                self.losses[-1],
+            )
+            return
+        if self.dead_units > 0.5:
+            pass  # the stall check below names the likelier cause
+        elif 0 <= fell < 0.05:
+            log.warning(
+                "training hardly moved: the loss fell by %.1f%% over %d steps (now %r); lr=%g is likely too "
+                "small: try a larger optim.lr (optim.lr=auto picks one for your data)",
+                100 * fell,
+                len(self.losses),
+                self.losses[-1],
+                self.hparams.lr,
+            )
+            return
+        elif fell < 0:
+            log.warning(
+                "training went the wrong way: the loss rose by %.1f%% over %d steps (now %r); lr=%g is likely too "
+                "large: try a smaller optim.lr (optim.lr=auto picks one for your data)",
+                -100 * fell,
+                len(self.losses),
+                self.losses[-1],
+                self.hparams.lr,
+            )
             return
         if not self.dead_units > 0.5:
             return
