@@ -64,7 +64,7 @@ BAD_INPUTS = [
     (["+trainer.fast_dev_run=true"], ["+trainer.fast_dev_run", "trainer.max_steps", "trainer.accelerator"]),
     (["++model.dropout=0.1"], ["+model.dropout", "model.hidden_features"]),
     (["+foo=1"], ["+foo", "the keys here are mode, seed"]),
-    (["optim.lr=abc"], ["optim.lr", "'abc'", "Float"]),
+    (["optim.lr=abc"], ["optim.lr='abc'", "> 0", "or auto"]),
     (["optim.lr=0"], ["optim.lr=0.0", "> 0"]),
     (["optim.lr=-1e-6"], ["optim.lr=-1e-06", "> 0"]),
     (["model.hidden_features=0"], ["model.hidden_features=0", "> 0"]),

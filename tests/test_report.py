@@ -183,7 +183,14 @@ def test_summarize_sweep_ranks_real_runs_and_explains_the_failures(real_sweep, s
         assert row["job"] == int(row["dir"])
         assert row["val_loss"] is None
         if row["dir"] in metrics:
-            assert row["train_loss"] == metrics[row["dir"]]["train_loss"]
+            recorded = metrics[row["dir"]]
+            # Strict JSON: an inf loss is null in metrics.json and named under non_finite.
+            loss = (
+                recorded["train_loss"]
+                if recorded["train_loss"] is not None
+                else float(recorded["non_finite"]["train_loss"])
+            )
+            assert row["train_loss"] == loss
             assert row["global_step"] == metrics[row["dir"]]["global_step"]
     assert rows[0]["error"] == rows[1]["error"] == ""
     assert "training diverged: the loss became inf" in rows[2]["error"]

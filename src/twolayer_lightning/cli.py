@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import platform
 import signal
 import sys
 import time
@@ -40,8 +41,10 @@ from twolayer_lightning.checkpoints import (
     read_checkpoint,
 )
 from twolayer_lightning.config import Config, ConfigError, register_configs, updates_per_step, validate
-from twolayer_lightning.data import DataError, FileRegressionData, SyntheticRegressionData
+from twolayer_lightning.data import DataError, FileRegressionData, SyntheticRegressionData, load_inputs
+from twolayer_lightning.model import TwoLayerNet
 from twolayer_lightning.module import LitTwoLayerNet, UpdateProgressBar
+from twolayer_lightning.optim import search_lr
 from twolayer_lightning.report import plot_run, summarize_sweep
 from twolayer_lightning.rundir import RunDirLock, check_run_dir, is_rank_zero, resume_hint, slurm_requeued
 
@@ -165,15 +168,22 @@ def _make_data(cfg: DictConfig, generator: torch.Generator) -> SyntheticRegressi
         return SyntheticRegressionData(
             cfg.data.num_samples, cfg.model.in_features, cfg.model.out_features, generator=generator
         )
-    data = FileRegressionData.from_files(
-        cfg.data.x_path,
-        cfg.data.y_path,
-        list(cfg.data.target_columns) or None,
-        val_fraction=cfg.data.val_fraction,
-        batch_size=cfg.data.batch_size,
-        shuffle=cfg.data.shuffle,
-        seed=cfg.seed,
-    )
+    try:
+        data = FileRegressionData.from_files(
+            cfg.data.x_path,
+            cfg.data.y_path,
+            list(cfg.data.target_columns) or None,
+            val_fraction=cfg.data.val_fraction,
+            batch_size=cfg.data.batch_size,
+            shuffle=cfg.data.shuffle,
+            seed=cfg.seed,
+            standardize=cfg.data.standardize,
+            split_seed=cfg.data.split_seed,
+        )
+    except DataError:
+        raise
+    except ValueError as err:  # a split the rows do not allow: the message starts with the key
+        raise ConfigError([f"data.{str(err).removeprefix('FileRegressionData: ')}"]) from None
     problems = [
         f"model.{key}={cfg.model[key]} does not match the data: it has {actual} ({what}); leave model.{key} "
         "unset (data=files reads it from the data) or fix it"
@@ -265,7 +275,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         The metrics written to ``metrics.json``: ``status``, ``train_loss`` (the loss of the last
         step, the last number the seed prints), ``global_step``, ``seed``, ``lr``, ``accelerator``,
         ``fit_seconds``, ``updates_per_step`` and ``update_path`` (the path the fit took), the sizes,
-        and the validation metrics when there are any.
+        the validation metrics when there are any, ``lr_search`` with ``optim.lr=auto`` and
+        ``versions``. Here inf and nan are floats; in ``metrics.json`` they are null, and
+        ``non_finite`` names them. ``train_loss`` is the objective optimized: with
+        ``data.standardize`` the sum of squares in standardized units; the validation metrics
+        are in the data's units. ``mode=validate`` and ``mode=predict`` record the checkpoint's
+        ``global_step``.
 
     Raises:
         ConfigError: a value is out of range, the data does not fit the model, or the output dir
@@ -292,23 +307,28 @@ def _train_in(cfg: DictConfig, out: Path) -> dict[str, Any]:
     checkpoint = read_checkpoint(ckpt_path) if ckpt_path is not None else None
     resume_step = int(checkpoint["global_step"]) if checkpoint is not None and cfg.mode == "train" else None
     ups = updates_per_step(cfg)
+    if cfg.mode == "predict" and cfg.data.kind == "files":
+        return _predict_files(cfg, out, ckpt_path, checkpoint)
+    lr_search = None
     with _isolated_global_state():
         # One generator draws x, y, w1, w2 in the seed's order: the data first, then the weights.
         generator = torch.Generator().manual_seed(cfg.seed)
         data = _make_data(cfg, generator)
         validation = _has_validation(data)
         if cfg.mode == "train":
+            lr, lr_search = _choose_lr(cfg, data, generator, checkpoint)
             if checkpoint is not None:
-                _check_resumable(cfg, data, ckpt_path, checkpoint)
+                _check_resumable(cfg, data, ckpt_path, checkpoint, lr)
             model = LitTwoLayerNet(
                 data.x.shape[1],
                 cfg.model.hidden_features,
                 data.y.shape[1],
-                lr=cfg.optim.lr,
+                lr=lr,
                 activation=cfg.model.activation,
                 generator=generator,
                 updates_per_step=ups,
                 update_path=cfg.trainer.update_path,
+                init=cfg.model.init,
             )
         else:
             model = _load_model(ckpt_path, data)
@@ -343,7 +363,7 @@ def _train_in(cfg: DictConfig, out: Path) -> dict[str, Any]:
         "status": status,
         "mode": cfg.mode,
         "train_loss": model.last_loss,
-        "global_step": trainer.global_step,
+        "global_step": trainer.global_step if cfg.mode == "train" else int(checkpoint["global_step"]),
         "seed": cfg.seed,
         "lr": model.hparams.lr,
         "accelerator": trainer.accelerator.__class__.__name__.removesuffix("Accelerator").lower(),
@@ -367,11 +387,13 @@ def _train_in(cfg: DictConfig, out: Path) -> dict[str, Any]:
             "lr": checkpoint["hyper_parameters"].get("lr"),
         }
     metrics = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
+    if model.diverged_at is not None:
+        metrics["diverged_at_step"] = model.diverged_at
+    if lr_search is not None:
+        metrics["lr_search"] = lr_search
+    metrics["versions"] = _versions(trainer)
     if trainer.is_global_zero:
-        # A diverged run records its inf/nan loss as JSON's Infinity/NaN.
-        temp = out / f".{METRICS_FILE}.tmp"  # renamed into place: never a half-written metrics.json
-        temp.write_text(json.dumps(metrics, indent=2) + "\n")
-        os.replace(temp, out / METRICS_FILE)
+        _write_metrics(out, metrics)
         if cfg.logger == "csv" and cfg.mode == "train":
             plot_run(out)  # loss.png; without matplotlib, one warning line and no picture
     if interrupted:
@@ -383,8 +405,8 @@ def _train_in(cfg: DictConfig, out: Path) -> dict[str, Any]:
     if model.diverged_at is not None:
         raise TrainingDivergedError(
             f"training diverged: the loss became {model.last_loss} at step {model.diverged_at} with "
-            f"optim.lr={cfg.optim.lr:g} and stopped at step {trainer.global_step - 1}; use a smaller optim.lr "
-            "(the seed's is 1e-6)"
+            f"optim.lr={model.hparams.lr:g}{' (picked by optim.lr=auto)' if lr_search else ''} and stopped at step "
+            f"{trainer.global_step - 1}; use a smaller optim.lr (the seed's is 1e-6)"
         )
     if trainer.is_global_zero:
         if cfg.mode == "train":
@@ -404,8 +426,168 @@ def _package_version() -> str:
         return "unknown"
 
 
+
+def _choose_lr(
+    cfg: DictConfig,
+    data: SyntheticRegressionData | FileRegressionData,
+    generator: torch.Generator,
+    checkpoint: dict[str, Any] | None,
+) -> tuple[float, dict[str, Any] | None]:
+    """``optim.lr``, or with ``auto`` the lr a range test picks (and its record for metrics.json).
+
+    The range test starts every candidate from the very weights the fit will draw (a copy of the
+    generator draws them), trains on the training rows only (holding out part of them to score),
+    with the fit's batch setting. A resume takes the lr its checkpoint was trained with.
+
+    Raises:
+        ConfigError: every candidate lr diverged.
+    """
+    if cfg.optim.lr != "auto":
+        return float(cfg.optim.lr), None
+    if checkpoint is not None:
+        return float(checkpoint["hyper_parameters"]["lr"]), None
+    copy = torch.Generator().set_state(generator.get_state())
+    x, y = data.training_rows if isinstance(data, FileRegressionData) else (data.x, data.y)
+    net = TwoLayerNet(x.shape[1], cfg.model.hidden_features, y.shape[1], generator=copy, init=cfg.model.init)
+    batch_size = cfg.data.batch_size if cfg.data.kind == "files" else None
+    started = time.perf_counter()
+    try:
+        found = search_lr(x, y, net.w1, net.w2, steps=cfg.trainer.max_steps, batch_size=batch_size, seed=cfg.seed)
+    except ValueError as err:
+        raise ConfigError(
+            [f"optim.lr=auto: {str(err).removeprefix('search_lr: ')}; or set optim.lr=<number> yourself"]
+        ) from None
+    found["seconds"] = time.perf_counter() - started
+    log.info(
+        "optim.lr=auto: lr %.3g (range test: %d steps on %d training rows, scored on %d held-out ones; held-out MSE "
+        "by lr: %s)",
+        found["lr"],
+        found["steps"],
+        found["fit_rows"],
+        found["held_out_rows"],
+        ", ".join(
+            f"{lr:.3g}: {'diverged' if mse is None else f'{mse:.4g}'}"
+            for lr, mse in zip(found["candidates"], found["held_out_mse"], strict=True)
+        ),
+    )
+    return found["lr"], found
+
+
+def _versions(trainer: L.Trainer | None) -> dict[str, str]:
+    """What the run's numbers depend on: the library versions and the device it computed on."""
+    device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
+        with contextlib.suppress(OSError):
+            models = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+            name = models[0].split(":", 1)[1].strip() if models else name
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": L.__version__,
+        "numpy": np.__version__,
+        "device": f"{device.type}: {name}",
+    }
+
+
+def _strict_json(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` with every inf or nan float as None (JSON has neither), listed under ``non_finite``.
+
+    ``non_finite`` maps each such key to "inf", "-inf" or "nan"; with ``status: diverged`` it says
+    why the loss is missing, in a validate or predict run that no training loss exists.
+    """
+    non_finite: dict[str, str] = {}
+
+    def clean(key: str, value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            non_finite[key] = str(value)
+            return None
+        if isinstance(value, dict):
+            return {k: clean(f"{key}.{k}", v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(f"{key}[{i}]", v) for i, v in enumerate(value)]
+        return value
+
+    cleaned = {key: clean(key, value) for key, value in metrics.items()}
+    if non_finite:
+        cleaned["non_finite"] = non_finite
+    return cleaned
+
+
+def _write_metrics(out: Path, metrics: dict[str, Any]) -> None:
+    """metrics.json as strict JSON that any parser reads (see :func:`_strict_json`); ``train`` returns
+    the metrics as they are, inf and nan included."""
+    (out / METRICS_FILE).write_text(json.dumps(_strict_json(metrics), indent=2, allow_nan=False) + "\n")
+
+
+def _predict_files(cfg: DictConfig, out: Path, ckpt_path: str, checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """``mode=predict`` on a user's file: x alone is read (targets, if the file has them, are not needed).
+
+    Writes ``predictions.npy`` (one row per row of x, in the data's units) and, when x came from a
+    CSV, ``predictions.csv`` with the target names the model was trained with as header.
+    """
+    model = _load_model(ckpt_path)
+    names = model.column_names or {}
+    x = load_inputs(cfg.data.x_path, names.get("x"), list(cfg.data.target_columns))
+    if x.shape[1] != model.hparams.in_features:
+        raise ConfigError(
+            [
+                f"data.x_path={cfg.data.x_path!r} has {x.shape[1]} input columns, but ckpt_path={ckpt_path!r} "
+                f"holds a model for {model.hparams.in_features}; give rows with the columns the model was trained on"
+            ]
+        )
+    with _isolated_global_state():
+        out.mkdir(parents=True, exist_ok=True)
+        trainer = L.Trainer(
+            accelerator=cfg.trainer.accelerator,
+            devices=1,
+            precision=cfg.trainer.precision,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=out,
+        )
+        started = time.perf_counter()
+        loader = torch.utils.data.DataLoader(x, batch_size=cfg.data.batch_size or len(x))
+        predictions = torch.cat(trainer.predict(model, dataloaders=loader)).cpu()  # (N, D_out), the data's units
+        seconds = time.perf_counter() - started
+    np.save(out / "predictions.npy", predictions.numpy())
+    files = ["predictions.npy"]
+    if Path(cfg.data.x_path).suffix.lower() == ".csv":
+        header = names.get("y") or [f"y{j}" for j in range(predictions.shape[1])]
+        with (out / "predictions.csv").open("w", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow(header)
+            writer.writerows(predictions.tolist())
+        files.append("predictions.csv")
+    metrics = {
+        "status": "ok",
+        "mode": "predict",
+        "train_loss": math.nan,  # no training in predict
+        "global_step": int(checkpoint["global_step"]),
+        "lr": model.hparams.lr,
+        "num_samples": len(x),
+        "in_features": model.hparams.in_features,
+        "hidden_features": model.hparams.hidden_features,
+        "out_features": model.hparams.out_features,
+        "standardized": model.net.scaled,
+        "fit_seconds": seconds,
+        "versions": _versions(trainer),
+    }
+    _write_metrics(out, metrics)
+    log.info("done: predict, %s: %d predictions in %s; files in %s", ckpt_path, len(x), " and ".join(files), out)
+    return metrics
+
+
 def _check_resumable(
-    cfg: DictConfig, data: SyntheticRegressionData | FileRegressionData, ckpt_path: str, checkpoint: dict[str, Any]
+    cfg: DictConfig,
+    data: SyntheticRegressionData | FileRegressionData,
+    ckpt_path: str,
+    checkpoint: dict[str, Any],
+    lr: float,
 ) -> None:
     """Refuse a checkpoint whose model or data differ from what the config builds, naming the keys.
 
@@ -413,7 +595,8 @@ def _check_resumable(
     says so and ``metrics.json`` keeps the checkpoint's under ``resumed_from``),
     ``trainer.updates_per_step`` and ``trainer.update_path`` (the same arithmetic), ``max_steps``
     and the logging intervals. ``seed`` only matters through the data it draws (refused below when
-    that differs); the weights come from the checkpoint, not from ``seed``.
+    that differs); the weights come from the checkpoint, not from ``seed``. ``lr`` is the one the
+    remaining updates will use (``optim.lr=auto`` keeps the checkpoint's).
     """
     saved = checkpoint.get("hyper_parameters", {})
     wanted = {
@@ -436,20 +619,21 @@ def _check_resumable(
         )
     if problems:
         raise ConfigError(problems)
-    if saved.get("lr") is not None and saved["lr"] != cfg.optim.lr:
+    if saved.get("lr") is not None and saved["lr"] != lr:
         log.info(
             "resuming %s (trained with lr=%g up to step %d) with optim.lr=%g for the remaining steps",
             ckpt_path,
             saved["lr"],
             checkpoint["global_step"],
-            cfg.optim.lr,
+            lr,
         )
 
 
-def _load_model(ckpt_path: str, data: SyntheticRegressionData | FileRegressionData) -> LitTwoLayerNet:
+def _load_model(ckpt_path: str, data: SyntheticRegressionData | FileRegressionData | None = None) -> LitTwoLayerNet:
+    """The checkpoint's model; with ``data``, refused unless its sizes fit the data's."""
     model = LitTwoLayerNet.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
     sizes = (model.hparams.in_features, model.hparams.out_features)
-    if sizes != (data.x.shape[1], data.y.shape[1]):
+    if data is not None and sizes != (data.x.shape[1], data.y.shape[1]):
         raise ConfigError(
             [
                 f"ckpt_path={ckpt_path!r} holds a model for {sizes[0]} inputs and {sizes[1]} outputs, but the data "

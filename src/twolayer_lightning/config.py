@@ -39,6 +39,8 @@ class DataConfig:
     val_fraction: float = 0.0  # files: share of rows held out for validation, [0, 1)
     batch_size: int | None = None  # files: rows per step; null: all training rows (the seed's full batch)
     shuffle: bool = True  # files: reshuffle mini-batches every epoch, seeded by `seed`
+    standardize: bool = False  # files: centre and scale x and y with the training rows' mean and std
+    split_seed: int = 0  # files: draws the validation rows (`seed` draws weights and batch order)
 
 
 @dataclass
@@ -47,11 +49,13 @@ class ModelConfig:
     hidden_features: int = 100  # H
     out_features: int | None = 10  # D_out; null: read from the data (data=files)
     activation: str = "clamp"  # clamp | function (the custom autograd Function)
+    init: str = "seed"  # seed: randn (std 1) | scaled: randn / sqrt(fan_in)
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-6  # learning rate of the in-place SGD update
+    # Any: a number, or the string "auto" (a range test picks it); validate() checks which.
+    lr: Any = 1e-6  # learning rate of the in-place SGD update, or auto
 
 
 @dataclass
@@ -213,9 +217,22 @@ def validate(cfg: Any, cuda_available: bool | None = None) -> None:
             positive_int(f"model.{key}", cfg.model[key])
     positive_int("model.hidden_features", cfg.model.hidden_features)
     choice("model.activation", cfg.model.activation, ("clamp", "function"))
+    choice("model.init", cfg.model.init, ("seed", "scaled"))
     lr = cfg.optim.lr
-    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        problems.append(f"optim.lr={lr!r} is not allowed: use a finite number > 0 (the seed uses 1e-6)")
+    if lr != "auto" and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0):
+        shown = float(lr) if isinstance(lr, int) and not isinstance(lr, bool) else lr  # 0 reads as 0.0, as typed
+        problems.append(
+            f"optim.lr={shown!r} is not allowed: use a finite number > 0 (the seed uses 1e-6), or auto (a range test "
+            "on the training rows picks it)"
+        )
+    if data.kind == "synthetic" and data.get("standardize"):
+        problems.append(
+            "data.standardize=true is not allowed with synthetic data: the seed's data is used as drawn; "
+            "use data=files for your own data"
+        )
+    split_seed = data.get("split_seed", 0)
+    if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
+        problems.append(f"data.split_seed={split_seed!r} is not allowed: use a whole number >= 0")
     positive_int("trainer.max_steps", cfg.trainer.max_steps)
     positive_int("trainer.log_every_n_steps", cfg.trainer.log_every_n_steps)
     if cfg.trainer.updates_per_step is not None:

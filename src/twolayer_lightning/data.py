@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import itertools
+import logging
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,8 @@ import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler, TensorDataset
+
+log = logging.getLogger(__name__)
 
 
 class SyntheticRegressionData(L.LightningDataModule):
@@ -206,34 +210,100 @@ def load_regression_arrays(
             holds nan or inf, is not 1-D or 2-D, names no such target column, or x and y
             differ in rows.
     """
+    x, y, _, _ = _load(x_path, y_path, target_columns)
+    return x, y
+
+
+def _load(
+    x_path: str | os.PathLike[str],
+    y_path: str | os.PathLike[str] | None,
+    target_columns: str | Sequence[str] | None,
+) -> tuple[torch.Tensor, torch.Tensor, list[str] | None, list[str] | None]:
+    """:func:`load_regression_arrays`, plus the CSV column names of x and of y (None for other files)."""
     if isinstance(target_columns, str):
         target_columns = [target_columns]
     x_path = Path(x_path)
     if y_path is None:
-        (x, x_where, x_row), (y, y_where, y_row) = _read_pair(x_path, target_columns)
+        (x, x_where, x_row, x_names), (y, y_where, y_row, y_names) = _read_pair(x_path, target_columns)
     else:
         if target_columns:
             raise DataError(
                 f"{x_path}: target_columns={list(target_columns)} was given with y_path={str(y_path)!r}; "
                 "give y_path (two files) or target_columns (one CSV), not both"
             )
-        x, x_where, x_row = _read_single(x_path, "x")
-        y, y_where, y_row = _read_single(Path(y_path), "y")
-    x = _checked_matrix(x, x_where, x_row)  # (N, D_in)
-    y = _checked_matrix(y, y_where, y_row)  # (N, D_out)
+        x, x_where, x_row, x_names = _read_single(x_path, "x")
+        y, y_where, y_row, y_names = _read_single(Path(y_path), "y")
+    x = _checked_matrix(x, x_where, x_row, x_names)  # (N, D_in)
+    y = _checked_matrix(y, y_where, y_row, y_names)  # (N, D_out)
     if len(x) != len(y):
         raise DataError(
             f"{x_where} has {len(x)} rows but {y_where} has {len(y)} rows; "
             "x and y need one row per sample, in the same order"
         )
-    return x, y
+    return x, y, x_names, y_names
+
+
+def load_inputs(
+    x_path: str | os.PathLike[str],
+    x_columns: Sequence[str] | None = None,
+    target_columns: Sequence[str] | None = None,
+) -> torch.Tensor:
+    """Read inputs x alone, for predictions on new rows that have no targets.
+
+    A ``.npy``, a ``.pt`` tensor, or an ``.npz``/``.pt`` dict's ``x`` (or its only array); a CSV's
+    ``x_columns`` in that order (the names the model was trained with), or when those are not
+    known, every column except the ``target_columns`` present in it.
+
+    Raises:
+        DataError: the file cannot be used, or a CSV lacks one of ``x_columns``.
+    """
+    path = Path(x_path)
+    content = _open(path, "x")
+    if isinstance(content, _CsvTable):
+        if x_columns:
+            missing = [name for name in x_columns if name not in content.header]
+            if missing:
+                raise DataError(
+                    f"{path}: no column named {', '.join(map(repr, missing))}; the model was trained on columns "
+                    f"{', '.join(x_columns)} (the file has {', '.join(content.header)}); give a CSV with them"
+                )
+            cols = [content.header.index(name) for name in x_columns]
+        else:
+            cols = [j for j, name in enumerate(content.header) if name not in (target_columns or ())]
+        names = [content.header[j] for j in cols]
+        return _checked_matrix(content.values[:, cols], str(path), content.row, names)
+    value, where, row, names = _read_single(path, "x")
+    return _checked_matrix(value, where, row, names)
+
+
+def check_split(val_fraction: float, num_rows: int) -> str | None:
+    """Why ``val_fraction`` of ``num_rows`` rows is no usable split (with a value that works), or None.
+
+    Validation needs at least 2 rows (R2 and explained variance need two) and training at least one.
+    """
+    num_val = math.ceil(val_fraction * num_rows)  # as FileRegressionData splits
+    if num_val == 0 or 2 <= num_val < num_rows:
+        return None
+    works = [v / 1000 for v in range(1, 1000) if 2 <= math.ceil(v / 1000 * num_rows) < num_rows]
+    if num_val >= num_rows:
+        problem = f"val_fraction={val_fraction!r} of {num_rows} rows leaves no training row"
+        fix = f"use at most {works[-1]:g}" if works else ""
+    else:
+        problem = (
+            f"val_fraction={val_fraction!r} of {num_rows} rows holds out 1 row, and R2 and explained variance "
+            "need at least 2"
+        )
+        fix = f"use at least {works[0]:g}" if works else ""
+    if not works:
+        return f"{problem}; {num_rows} rows are too few for 2 validation rows and 1 training row: use 0 (no validation)"
+    return f"{problem}; {fix} (or 0: no validation)"
 
 
 class FileRegressionData(L.LightningDataModule):
     """A user's x and y, split into training and validation rows, served whole or in mini-batches.
 
     The split is seeded: ``ceil(val_fraction * N)`` rows drawn by ``torch.randperm`` from a generator
-    seeded with ``seed`` go to validation, the others to training; each part keeps file order. With
+    seeded with ``split_seed`` go to validation, the others to training; each part keeps file order. With
     ``batch_size=None`` every training step sees the whole training set, as the seed's loop does;
     otherwise a DataLoader serves mini-batches, reshuffled each epoch as :class:`EpochBatches`
     says: epoch e's batches depend on ``seed`` and e alone, so a given seed gives the same batches
@@ -245,7 +315,13 @@ class FileRegressionData(L.LightningDataModule):
         val_fraction: the share of rows held out for validation, in [0, 1).
         batch_size: rows per training step; None: all training rows every step.
         shuffle: reshuffle mini-batches every epoch (ignored with ``batch_size=None``).
-        seed: seeds the split and the shuffling.
+        seed: seeds the shuffling (and the split, unless ``split_seed`` is given).
+        standardize: centre and scale x and y with the mean and standard deviation of the training
+            rows (a constant column gets scale 1). Training batches are then standardized (once,
+            here); validation and prediction rows stay in the data's units, and :attr:`scaling`
+            holds the statistics, which ``LitTwoLayerNet`` takes into its network so that its
+            predictions and metrics are in the data's units.
+        split_seed: seeds the split; None: ``seed``.
 
     Raises:
         ValueError: x or y is not a 2-D tensor, their rows differ, or an argument is out of range.
@@ -269,6 +345,8 @@ class FileRegressionData(L.LightningDataModule):
         batch_size: int | None = None,
         shuffle: bool = True,
         seed: int = 0,
+        standardize: bool = False,
+        split_seed: int | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("x", x), ("y", y)):
@@ -291,25 +369,29 @@ class FileRegressionData(L.LightningDataModule):
                 f"FileRegressionData: batch_size={batch_size!r} is not allowed; use an integer >= 1, "
                 "or None for the whole training set each step"
             )
+        problem = check_split(val_fraction, len(x))
+        if problem:
+            raise ValueError(f"FileRegressionData: {problem}")
         num_val = math.ceil(val_fraction * len(x))  # ceil: any val_fraction > 0 holds out at least one row
-        if num_val >= len(x):
-            raise ValueError(
-                f"FileRegressionData: val_fraction={val_fraction!r} of {len(x)} rows leaves no training row; "
-                f"use a val_fraction below {(len(x) - 1) / len(x):.3g}"
-            )
-        if num_val == 1:
-            raise ValueError(
-                f"FileRegressionData: val_fraction={val_fraction!r} of {len(x)} rows holds out 1 row; R2 and "
-                "explained variance need at least 2: use a larger val_fraction, or 0 for no validation"
-            )
         self.x, self.y = x, y
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+        self.standardize = standardize
+        self.split_seed = seed if split_seed is None else split_seed
+        self.x_names: list[str] | None = None  # the CSV's column names of x and y, when read from a CSV
+        self.y_names: list[str] | None = None
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.split_seed))
         # Sorted: each part keeps file order, so val_fraction=0 trains on x itself, row for row.
         self.val_indices = order[:num_val].sort().values  # file rows held out for validation
         self.train_indices = order[num_val:].sort().values  # file rows trained on
-        self._train = (x[self.train_indices], y[self.train_indices])  # (N_train, D_in), (N_train, D_out)
-        self._val = (x[self.val_indices], y[self.val_indices])  # (N_val, D_in), (N_val, D_out)
+        x_train, y_train = x[self.train_indices], y[self.train_indices]  # (N_train, D_in), (N_train, D_out)
+        # (x_mean, x_scale, y_mean, y_scale) of the training rows, or None without standardize.
+        self.scaling: tuple[torch.Tensor, ...] | None = None
+        if standardize:
+            self.scaling = (*_mean_and_scale(x_train), *_mean_and_scale(y_train))
+            x_mean, x_scale, y_mean, y_scale = self.scaling
+            x_train, y_train = (x_train - x_mean) / x_scale, (y_train - y_mean) / y_scale
+        self._train = (x_train, y_train)  # what training sees
+        self._val = (x[self.val_indices], y[self.val_indices])  # (N_val, D_in), (N_val, D_out), the data's units
 
     @classmethod
     def from_files(
@@ -324,7 +406,15 @@ class FileRegressionData(L.LightningDataModule):
         Raises:
             DataError: a file cannot be used (see :func:`load_regression_arrays`).
         """
-        return cls(*load_regression_arrays(x_path, y_path, target_columns), **kwargs)
+        x, y, x_names, y_names = _load(x_path, y_path, target_columns)
+        data = cls(x, y, **kwargs)
+        data.x_names, data.y_names = x_names, y_names
+        return data
+
+    @property
+    def training_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """x and y of the training rows as training sees them (standardized with ``standardize``)."""
+        return self._train
 
     @property
     def num_samples(self) -> int:
@@ -375,8 +465,9 @@ class FileRegressionData(L.LightningDataModule):
         return DataLoader(dataset, batch_size=self.batch_size or len(tensors[0]))
 
 
-# A loaded array, where it came from (for messages) and how to name its i-th row to the user.
-_Loaded = tuple[Any, str, Callable[[int], str]]
+# A loaded array, where it came from (for messages), how to name its i-th row to the user, and its
+# columns' names (a CSV's header; None for other files).
+_Loaded = tuple[Any, str, Callable[[int], str], list[str] | None]
 
 
 def _row(i: int) -> str:
@@ -405,7 +496,7 @@ def _open(path: Path, role: str) -> Any:
             with np.load(path, allow_pickle=False) as npz:  # read every array now, so the file is closed
                 content = {name: npz[name] for name in npz.files}
     except Exception as err:  # numpy and torch raise many kinds for a corrupt or pickled file
-        reason = " ".join(str(err).split())[:200]
+        reason = _load_error_reason(err)
         raise DataError(
             f"{path}: cannot be read as a {suffix} file ({type(err).__name__}: {reason}); "
             f"write it with {'torch.save(tensor, path)' if suffix == '.pt' else 'numpy.save/numpy.savez'}"
@@ -415,17 +506,28 @@ def _open(path: Path, role: str) -> Any:
     return content
 
 
+def _load_error_reason(err: Exception) -> str:
+    """The reason of a failed load on one line, without terminal colour codes or torch's advice to load
+    with ``weights_only=False`` (which would run code from the file)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    # torch's weights-only refusal: the part after "WeightsUnpickler error:" names what was refused.
+    refused = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\.\s+Please use|\n\n|$)", text, re.S)
+    if refused:
+        text = f"weights_only=True refused it: {refused.group(1)}; data files hold tensors and arrays only"
+    return " ".join(text.split())
+
+
 def _read_single(path: Path, role: str) -> _Loaded:
     content = _open(path, role)
     if isinstance(content, _CsvTable):
-        return content.values, str(path), content.row
+        return content.values, str(path), content.row, content.header
     if isinstance(content, (np.ndarray, torch.Tensor)):
-        return content, str(path), _row
+        return content, str(path), _row, None
     names = list(content)
     if role in names:
-        return _member(content, role, path), f"{path}[{role!r}]", _row
+        return _member(content, role, path), f"{path}[{role!r}]", _row, None
     if len(names) == 1:
-        return _member(content, names[0], path), str(path), _row
+        return _member(content, names[0], path), str(path), _row, None
     raise DataError(
         f"{path}: holds {len(names)} entries {names} and none is named {role!r}; "
         f"name the {role} array {role!r} or save a single array"
@@ -451,8 +553,8 @@ def _read_pair(path: Path, target_columns: Sequence[str] | None) -> tuple[_Loade
         if not x_cols:
             raise DataError(f"{path}: target_columns={list(target_columns)} leaves no x column; keep at least one")
         return (
-            (content.values[:, x_cols], str(path), content.row),
-            (content.values[:, y_cols], f"{path} (target_columns)", content.row),
+            (content.values[:, x_cols], str(path), content.row, [content.header[j] for j in x_cols]),
+            (content.values[:, y_cols], f"{path} (target_columns)", content.row, list(target_columns)),
         )
     if target_columns:
         raise DataError(f"{path}: target_columns={list(target_columns)} applies to a .csv only; drop it")
@@ -465,8 +567,8 @@ def _read_pair(path: Path, target_columns: Sequence[str] | None) -> tuple[_Loade
     if "x" not in names or "y" not in names:
         raise DataError(f"{path}: holds entries {names}, not both 'x' and 'y'; name the arrays x and y, or give y_path")
     return (
-        (_member(content, "x", path), f"{path}['x']", _row),
-        (_member(content, "y", path), f"{path}['y']", _row),
+        (_member(content, "x", path), f"{path}['x']", _row, None),
+        (_member(content, "y", path), f"{path}['y']", _row, None),
     )
 
 
@@ -540,17 +642,34 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _checked_matrix(value: Any, where: str, row: Callable[[int], str]) -> torch.Tensor:
+def _mean_and_scale(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each column's mean and standard deviation (over N, as scikit-learn's StandardScaler); 1 where it is 0."""
+    mean, std = t.mean(dim=0), t.std(dim=0, correction=0)  # (D,), (D,)
+    return mean, torch.where(std > 0, std, torch.ones_like(std))
+
+
+def _checked_matrix(
+    value: Any, where: str, row: Callable[[int], str], names: Sequence[str] | None = None
+) -> torch.Tensor:
     """``value`` as a float32 ``(N, D)`` tensor with N, D > 0 and no nan or inf."""
     if isinstance(value, np.ndarray):
         if value.dtype.kind not in "biuf":  # bool, int, uint, float
             raise DataError(f"{where}: values of dtype {value.dtype} are not real numbers; save a numeric array")
         with np.errstate(over="ignore"):  # a value beyond float32 becomes inf: reported just below
             tensor = torch.from_numpy(value.astype(np.float32))
+        original = torch.from_numpy(value.astype(np.float64)) if value.dtype.kind in "iuf" else None
+    elif value.layout != torch.strided or value.is_quantized or value.device.type == "meta":
+        raise DataError(
+            f"{where}: a {'quantized' if value.is_quantized else ''}{value.layout} tensor on {value.device} "
+            "cannot be used; save a dense tensor with its values (e.g. t.to_dense(), t.dequantize())"
+        )
     elif value.is_complex():
         raise DataError(f"{where}: values of dtype {value.dtype} are not real numbers; save a real tensor")
     else:
         tensor = value.detach().to("cpu", torch.float32)
+        original = value.detach().to("cpu", torch.float64) if value.dtype != torch.bool else None
+    if original is not None:
+        _warn_if_integers_changed(original, tensor, where, names)
     if tensor.dim() == 0:
         raise DataError(f"{where}: holds a single number, not rows; save one row per sample")
     if tensor.dim() == 1:
@@ -571,3 +690,29 @@ def _checked_matrix(value: Any, where: str, row: Callable[[int], str]) -> torch.
             "remove or fill those rows"
         )
     return tensor.contiguous()
+
+
+def _warn_if_integers_changed(
+    original: torch.Tensor, cast: torch.Tensor, where: str, names: Sequence[str] | None
+) -> None:
+    """Warn once when the float32 cast changed a whole number (float32 holds them exactly up to 2**24)."""
+    if original.dim() == 0 or original.numel() == 0:
+        return
+    columns = original.reshape(len(original), -1) if original.dim() > 1 else original.unsqueeze(1)
+    with np.errstate(invalid="ignore"):
+        changed = (columns == columns.round()) & (cast.reshape(columns.shape).double() != columns)  # (N, D)
+    changed &= torch.isfinite(columns)
+    if not changed.any():
+        return
+    j = int(changed.any(dim=0).nonzero()[0])
+    i = int(changed[:, j].nonzero()[0])
+    column = repr(names[j]) if names and j < len(names) else str(j)
+    log.warning(
+        "%s: float32 changes whole numbers in %d column(s), first in column %s (%r becomes %r); float32 holds "
+        "whole numbers exactly only up to 2**24 = 16777216: subtract an offset or rescale that column",
+        where,
+        int(changed.any(dim=0).sum()),
+        column,
+        columns[i, j].item(),
+        cast.reshape(columns.shape)[i, j].item(),
+    )

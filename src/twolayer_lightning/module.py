@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import ExplainedVariance, MeanSquaredError, MetricCollection, R2Score
 
-from twolayer_lightning.model import Activation, TwoLayerNet, sum_squared_error
+from twolayer_lightning.model import Activation, Init, TwoLayerNet, sum_squared_error
 from twolayer_lightning.optim import InPlaceSGD
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,16 @@ class LitTwoLayerNet(L.LightningModule):
             ``global_step`` counts updates, and the last training step runs only as many as
             ``max_steps`` leaves.
         update_path: ``"direct"``, ``"lightning"`` or ``"cuda_graph"``, see above.
+        init: ``"seed"`` (randn, the seed's) or ``"scaled"`` (randn / sqrt(fan_in)), see
+            :class:`~twolayer_lightning.model.TwoLayerNet`.
+
+    Units: with a data module that standardizes (``FileRegressionData(standardize=True)``), the
+    network takes the data module's statistics when the fit starts (:meth:`setup`) and keeps them
+    in its buffers, so that they travel in checkpoints. Training steps then run the seed's update on
+    the standardized rows, and ``train_loss`` (every step's) is that objective: the sum of squares
+    in standardized units. Everything else is in the data's units: :meth:`forward`, predictions,
+    validation metrics (``val_loss`` included), and the train MSE, R2 and explained variance logged
+    at each report.
 
     Example:
         >>> from twolayer_lightning import SyntheticRegressionData
@@ -86,6 +96,7 @@ class LitTwoLayerNet(L.LightningModule):
         generator: torch.Generator | None = None,
         updates_per_step: int = 1,
         update_path: UpdatePath = "direct",
+        init: Init = "seed",
     ) -> None:
         super().__init__()
         if isinstance(updates_per_step, bool) or not isinstance(updates_per_step, int) or updates_per_step <= 0:
@@ -99,7 +110,12 @@ class LitTwoLayerNet(L.LightningModule):
         # Only scalars: the checkpoint then loads with weights_only=True.
         self.save_hyperparameters(ignore=["generator"])
         self.automatic_optimization = False
-        self.net = TwoLayerNet(in_features, hidden_features, out_features, activation=activation, generator=generator)
+        self.net = TwoLayerNet(
+            in_features, hidden_features, out_features, activation=activation, generator=generator, init=init
+        )
+        # The CSV column names of x and y the net was trained on ({"x": [...], "y": [...]}), when known;
+        # saved in checkpoints, so that predictions on a new CSV can pick its columns and name theirs.
+        self.column_names: dict[str, list[str]] | None = None
         self.losses: list[float] = []  # every step's loss of the current fit, in step order
         self.diverged_at: int | None = None  # the first step (the seed's t) whose loss was inf or nan
         self.dead_units: float = math.nan  # share of hidden units dead at the end of the last fit, 0..1
@@ -118,6 +134,37 @@ class LitTwoLayerNet(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def setup(self, stage: str) -> None:
+        """Take the data module's standardization statistics and column names when a fit starts."""
+        if stage != "fit" or self.trainer is None:
+            return
+        datamodule = self.trainer.datamodule
+        scaling = getattr(datamodule, "scaling", None)
+        if scaling is not None and not self.net.scaled:
+            self.net.set_scaling(*scaling)
+        elif self.net.scaled and (
+            scaling is None
+            or not all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(self._scaling(), scaling, strict=True))
+        ):
+            raise ValueError(
+                "LitTwoLayerNet: this network standardizes with statistics of other training rows than the data "
+                "module gives; fit it on the data it was trained on (FileRegressionData with the same rows and "
+                "standardize=True), or start from a new LitTwoLayerNet"
+            )
+        x_names, y_names = getattr(datamodule, "x_names", None), getattr(datamodule, "y_names", None)
+        if self.column_names is None and x_names is not None and y_names is not None:
+            self.column_names = {"x": list(x_names), "y": list(y_names)}
+
+    def _scaling(self) -> tuple[torch.Tensor, ...]:
+        return (self.net.x_mean, self.net.x_scale, self.net.y_mean, self.net.y_scale)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.column_names is not None:
+            checkpoint["column_names"] = self.column_names  # lists of str: loads with weights_only=True
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.column_names = checkpoint.get("column_names")
 
     def configure_optimizers(self) -> InPlaceSGD:
         return InPlaceSGD(self.net.named_parameters(), lr=self.hparams.lr)
@@ -183,7 +230,7 @@ class LitTwoLayerNet(L.LightningModule):
             self._graph = _CapturedUpdate(self, x, y)
         for _ in range(updates):
             if self._path == "lightning":
-                y_pred = self(x)
+                y_pred = self.net.seed_forward(x)
                 loss = sum_squared_error(y_pred, y)  # with several processes: the sum over this rank's rows
                 # DDP averages gradients over the W ranks; W times each rank's sum makes that average the
                 # full batch's gradient, the seed's. One process multiplies by nothing, to stay bitwise.
@@ -226,7 +273,7 @@ class LitTwoLayerNet(L.LightningModule):
 
         Returns the loss (detached) and the predictions it was computed from.
         """
-        y_pred = self.net(x)
+        y_pred = self.net.seed_forward(x)
         loss = sum_squared_error(y_pred, y)
         loss.backward()
         optimizer.update()  # w -= lr * w.grad; w.grad.zero_()
@@ -303,10 +350,16 @@ class LitTwoLayerNet(L.LightningModule):
 
     @torch.no_grad()
     def _train_metrics(self) -> dict[str, float]:
-        """Metrics of the last update's batch, from the predictions it already made."""
+        """Metrics of the last update's batch, from the predictions it already made, in the data's units.
+
+        A batch of one row has no R2 or explained variance (they need two rows): only its MSE then.
+        """
         if self._last is None:
             return {}
         _, y, y_pred = self._last
+        y, y_pred = self.net.unstandardize_y(y), self.net.unstandardize_y(y_pred)
+        if len(y) < 2:
+            return {"train_mse": (y_pred - y).pow(2).mean().item()}
         self.train_metrics.update(y_pred, y)
         values = {name: value.item() for name, value in self.train_metrics.compute().items()}
         self.train_metrics.reset()
@@ -325,12 +378,57 @@ class LitTwoLayerNet(L.LightningModule):
             self.logger.log_metrics({"dead_units": self.dead_units}, step=self.global_step - 1)
 
     def _warn_if_stalled(self) -> None:
-        """Warn when the loss stopped moving while most hidden units are dead: a silent failure."""
+        """Warn when training did not work though nothing failed, naming the likely cause.
+
+        The cases: the loss hardly moved over the whole run on data that is not standardized (scale
+        it); it stopped moving with most hidden units dead (lr too large); it fell by less than 5%
+        over the run (lr too small); it rose (lr too large). The ends of the run are compared as
+        means over a tenth of its steps each.
+        """
         window = max(len(self.losses) // 10, 1)
-        if self.diverged_at is not None or len(self.losses) < 2 * window or not self.dead_units > 0.5:
+        if self.diverged_at is not None or len(self.losses) < 2 * window or not self.trainer.is_global_zero:
+            return
+        # Means over a window at each end: a mini-batch's loss jumps from batch to batch.
+        first = sum(self.losses[:window]) / window
+        last = sum(self.losses[-window:]) / window
+        fell = (first - last) / abs(first) if first else 0.0
+        unscaled = getattr(self.trainer.datamodule, "standardize", None) is False and not self.net.scaled
+        if fell < 0.05 and unscaled:
+            log.warning(
+                "training hardly moved: the loss fell by %.1f%% over %d steps (now %r) on data that is not "
+                "standardized; with the seed's net (no bias, a summed loss) that is the usual cause: try "
+                "data.standardize=true",
+                100 * fell,
+                len(self.losses),
+                self.losses[-1],
+            )
+            return
+        if self.dead_units > 0.5:
+            pass  # the stall check below names the likelier cause
+        elif 0 <= fell < 0.05:
+            log.warning(
+                "training hardly moved: the loss fell by %.1f%% over %d steps (now %r); lr=%g is likely too "
+                "small: try a larger optim.lr (optim.lr=auto picks one for your data)",
+                100 * fell,
+                len(self.losses),
+                self.losses[-1],
+                self.hparams.lr,
+            )
+            return
+        elif fell < 0:
+            log.warning(
+                "training went the wrong way: the loss rose by %.1f%% over %d steps (now %r); lr=%g is likely too "
+                "large: try a smaller optim.lr (optim.lr=auto picks one for your data)",
+                -100 * fell,
+                len(self.losses),
+                self.losses[-1],
+                self.hparams.lr,
+            )
+            return
+        if not self.dead_units > 0.5:
             return
         before, now = self.losses[-1 - window], self.losses[-1]
-        if abs(before - now) <= 0.01 * abs(before) and self.trainer.is_global_zero:
+        if abs(before - now) <= 0.01 * abs(before):
             log.warning(
                 "training stalled: the loss moved less than 1%% over the last %d steps (now %r) with %.0f%% of "
                 "hidden units dead (ReLU input negative for every row); lr=%g is likely too large, try a smaller one",

@@ -1,9 +1,11 @@
-"""The seed's update as a ``torch.optim.Optimizer``: ``p -= lr * p.grad`` then ``p.grad.zero_()``."""
+"""The seed's update as a ``torch.optim.Optimizer`` (``p -= lr * p.grad`` then ``p.grad.zero_()``),
+and :func:`search_lr`, which picks its lr for a user's data (``optim.lr=auto``)."""
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -91,3 +93,122 @@ class InPlaceSGD(torch.optim.Optimizer):
 def _names(group: dict[str, Any]) -> list[str]:
     """The parameters' names when the optimizer was given named_parameters(), else their positions."""
     return group.get("param_names") or [f"#{i}" for i in range(len(group["params"]))]
+
+
+# --- optim.lr=auto: a range test of many learning rates at once --------------------------------
+
+# Candidate learning rates times the rows per update: the seed's loss is a sum over rows, so the lr
+# that fits scales as 1 / rows. 10^-3 .. 10^-1/3 per row, 3 per decade: on standardized tables with
+# the scaled init (diabetes, linnerud, Friedman 1-3, make_regression) the best lies inside, and the
+# largest ones diverge.
+LR_PER_ROW_GRID: tuple[float, ...] = tuple(10 ** (k / 3) for k in range(-9, 0))
+# Multiply-adds one step of the range test may cost before the step count is cut: below about this
+# much, a step costs the same whatever its size (launch and Python overhead on a CPU core).
+_OVERHEAD_WORK = 2_000_000
+
+
+def search_lr(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    steps: int,
+    batch_size: int | None = None,
+    seed: int = 0,
+    held_out_fraction: float = 0.2,
+    lr_per_row: Sequence[float] = LR_PER_ROW_GRID,
+) -> dict[str, Any]:
+    """Pick the seed update's learning rate for x and y by training every candidate at once.
+
+    Plain torch. The rows are split (seeded) into rows to fit and ``held_out_fraction`` of them
+    held out (with fewer than 5 rows, all rows do both). Each candidate lr is one member of a
+    stack: every member starts from ``w1``, ``w2``, and all members take the same steps together,
+    batched with ``bmm`` over the stacked weights, each with the seed's update ``w -= lr * grad``
+    and its own lr. The steps are those of the fit: the full batch every step, or seeded
+    mini-batches of ``batch_size`` rows. The lr whose member ends with the lowest held-out loss
+    wins; a member whose loss turns inf or nan is dropped.
+
+    Because the seed's loss sums over rows, a candidate is given as an lr per row; the fit's lr is
+    that divided by the rows of one of the fit's updates (``len(x)``, or ``batch_size``), and the
+    members here use it divided by the rows of theirs.
+
+    The work is capped at about that of the fit: ``steps`` (the fit's) when one stacked step costs
+    about what one of the fit's does (small tables, where each step's cost is overhead), fewer
+    (at least 10) when it costs more.
+
+    Args:
+        x: the training rows' inputs ``(N, D_in)``, as the fit sees them (standardized).
+        y: their targets ``(N, D_out)``.
+        w1: the fit's initial ``(D_in, H)`` weights.
+        w2: the fit's initial ``(H, D_out)`` weights.
+        steps: the fit's number of updates.
+        batch_size: the fit's mini-batch rows; None for the full batch.
+        seed: seeds the held-out rows and the mini-batch order.
+        held_out_fraction: the share of rows held out to score the candidates.
+        lr_per_row: the candidates, as lr times rows per update.
+
+    Returns:
+        ``lr`` (the fit's lr, a float), ``candidates`` (the fit's lr of each candidate),
+        ``held_out_mse`` (each member's mean squared error on the held-out rows at the end, None
+        for a dropped member), ``steps`` (of the test), ``fit_rows`` and ``held_out_rows``.
+
+    Raises:
+        ValueError: every member diverged.
+    """
+    n = len(x)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    num_held = round(held_out_fraction * n) if n >= 5 else 0
+    held, fit = (order[:num_held], order[num_held:]) if num_held else (order, order)
+    x_fit, y_fit, x_held, y_held = x[fit], y[fit], x[held], y[held]
+    rows_test = len(fit) if batch_size is None else min(batch_size, len(fit))  # rows per update, here
+    rows_fit = n if batch_size is None else min(batch_size, n)  # and in the fit
+    members = len(lr_per_row)
+    member_work = rows_test * (w1.shape[0] + w2.shape[1]) * w1.shape[1]  # multiply-adds of one forward
+    cut = max(_OVERHEAD_WORK, members * member_work) / max(_OVERHEAD_WORK, member_work)
+    test_steps = max(min(steps, 10), min(steps, int(steps / cut)))
+    lr = torch.tensor([c / rows_test for c in lr_per_row], dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    stacked_w1 = w1.detach().expand(members, -1, -1).clone()  # (K, D_in, H)
+    stacked_w2 = w2.detach().expand(members, -1, -1).clone()  # (K, H, D_out)
+    batches = _batches(len(fit), batch_size, seed, x.device)
+    for _ in range(test_steps):
+        rows = next(batches)
+        xb, yb = (x_fit, y_fit) if rows is None else (x_fit[rows], y_fit[rows])
+        # The seed's tensor section: forward, then the gradients of the summed loss written out (no
+        # autograd, half the kernels), for every member at once.
+        h = torch.matmul(xb, stacked_w1)  # (K, B, H)
+        h_relu = h.clamp(min=0)  # (K, B, H)
+        grad_y_pred = 2.0 * (h_relu.bmm(stacked_w2) - yb)  # (K, B, D_out)
+        grad_w2 = h_relu.transpose(1, 2).bmm(grad_y_pred)  # (K, H, D_out)
+        grad_h = grad_y_pred.bmm(stacked_w2.transpose(1, 2)).masked_fill_(h < 0, 0)  # (K, B, H)
+        grad_w1 = torch.matmul(xb.t(), grad_h)  # (K, D_in, H)
+        stacked_w1 -= lr * grad_w1  # the seed's update, one lr per member
+        stacked_w2 -= lr * grad_w2
+    with torch.no_grad():
+        y_pred = torch.matmul(x_held, stacked_w1).clamp(min=0).bmm(stacked_w2)  # (K, N_held, D_out)
+        mse = (y_pred - y_held).pow(2).mean(dim=(1, 2)).tolist()
+    scores = [value if math.isfinite(value) else None for value in mse]
+    finite = [(value, i) for i, value in enumerate(scores) if value is not None]
+    candidates = [c / rows_fit for c in lr_per_row]
+    if not finite:
+        raise ValueError(
+            f"search_lr: every candidate lr ({candidates[0]:.3g} to {candidates[-1]:.3g}) diverged; "
+            "standardize the data, or give an lr"
+        )
+    best = min(finite)[1]
+    return {
+        "lr": candidates[best],
+        "candidates": candidates,
+        "held_out_mse": scores,
+        "steps": test_steps,
+        "fit_rows": len(fit),
+        "held_out_rows": len(held),
+    }
+
+
+def _batches(num_rows: int, batch_size: int | None, seed: int, device: torch.device) -> Iterator[torch.Tensor | None]:
+    """None (the full batch) forever, or seeded mini-batches of row indices, reshuffled every epoch."""
+    if batch_size is None:
+        yield from itertools.repeat(None)
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        yield from torch.randperm(num_rows, generator=generator).to(device).split(batch_size)

@@ -35,7 +35,19 @@ METRICS_FILE = "metrics.json"  # what cli.train writes at the end of a run
 CSV_FILE = Path("csv", "metrics.csv")  # what Lightning's CSVLogger writes with logger=csv
 LOSS_COLUMNS = ("train_loss", "val_loss")
 # Every summary row has these keys; "dir" is the job dir relative to the sweep root.
-SUMMARY_COLUMNS = ("job", "overrides", "status", "train_loss", "val_loss", "global_step", "fit_seconds", "error", "dir")
+SUMMARY_COLUMNS = (
+    "job",
+    "overrides",
+    "status",
+    "train_loss",
+    "val_loss",
+    "val_r2",
+    "global_step",
+    "fit_seconds",
+    "error",
+    "dir",
+)
+VALIDATION_COLUMNS = ("val_loss", "val_r2")  # in the summary only when some job has validation data
 
 Curves = dict[str, tuple[list[int], list[float]]]  # metric -> (steps, values)
 
@@ -268,8 +280,13 @@ def _summarize_job(job_dir: Path, sweep_dir: Path) -> tuple[dict[str, Any], tupl
         problems.append(f"metrics.json: {err}")
     else:
         row["status"] = str(metrics.get("status", "ok"))
-        for key in ("train_loss", "val_loss", "fit_seconds"):
-            row[key] = _number(metrics.get(key))
+        # metrics.json is strict JSON: an inf or nan is null there, its value named under "non_finite".
+        non_finite = metrics.get("non_finite") if isinstance(metrics.get("non_finite"), dict) else {}
+        for key in ("train_loss", "val_loss", "val_r2", "fit_seconds"):
+            value = metrics.get(key)
+            if value is None and str(non_finite.get(key)) in ("inf", "-inf", "nan"):
+                value = float(non_finite[key])
+            row[key] = _number(value)
         step = metrics.get("global_step")
         row["global_step"] = step if isinstance(step, int) and not isinstance(step, bool) else None
     curve = None
@@ -313,7 +330,8 @@ def _md_cell(value: Any, column: str) -> str:
 def _write_markdown(path: Path, rows: list[dict[str, Any]], columns: Sequence[str], intro: str, image: bool) -> None:
     lines = [f"# Sweep summary: {path.parent}", "", intro, ""]
     lines.append("| " + " | ".join(columns) + " |")
-    numeric = {"job", "train_loss", "val_loss", "global_step", "fit_seconds"}  # right-aligned, as numbers read best
+    # Right-aligned, as numbers read best.
+    numeric = {"job", "train_loss", "val_loss", "val_r2", "global_step", "fit_seconds"}
     lines.append("|" + "|".join("---:" if column in numeric else "---" for column in columns) + "|")
     lines += ["| " + " | ".join(_md_cell(row[column], column) for column in columns) + " |" for row in rows]
     if image:
@@ -356,11 +374,12 @@ def summarize_sweep(sweep_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     ``diverged``, ``interrupted`` (stopped by SIGTERM or Ctrl-C; the sweep launched nothing after it), or
     ``failed`` when it has no readable ``metrics.json``), ``train_loss``,
     ``val_loss`` (from ``metrics.json``, else the last value in its csv; None without one),
-    ``global_step``, ``fit_seconds``, ``error`` (for a job that is not ok, the last ERROR line of
-    its log; and whatever in the dir could not be read, e.g. a broken csv) and ``dir`` (the job dir
-    relative to ``sweep_dir``). Rows are sorted by the objective, ascending: ``val_loss`` when any
-    job has one, else ``train_loss``; jobs whose objective is not finite come last, failed ones
-    after diverged ones. The ``val_loss`` column is left out of the files when no job has one.
+    ``val_r2`` (from ``metrics.json``), ``global_step``, ``fit_seconds``, ``error`` (for a job
+    that is not ok, the last ERROR line of its log; and whatever in the dir could not be read,
+    e.g. a broken csv) and ``dir`` (the job dir relative to ``sweep_dir``). Rows are sorted by the
+    objective, ascending: ``val_loss`` when any job has one, else ``train_loss``; jobs whose
+    objective is not finite come last, failed ones after diverged ones. The ``val_loss`` and
+    ``val_r2`` columns are left out of the files when no job has a ``val_loss``.
 
     Args:
         sweep_dir: the sweep root, ``hydra.sweep.dir`` (``multirun/<date>/<time>`` by default).
@@ -381,7 +400,7 @@ def summarize_sweep(sweep_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
         curves[row["dir"]] = curve
     objective = "val_loss" if any(row["val_loss"] is not None for row in rows) else "train_loss"
     rows.sort(key=lambda row: _sort_key(row, objective))
-    columns = [column for column in SUMMARY_COLUMNS if column != "val_loss" or objective == "val_loss"]
+    columns = [column for column in SUMMARY_COLUMNS if column not in VALIDATION_COLUMNS or objective == "val_loss"]
 
     with (sweep_dir / "summary.csv").open("w", newline="") as file:
         writer = csv.writer(file)
