@@ -426,7 +426,6 @@ def _package_version() -> str:
         return "unknown"
 
 
-
 def _choose_lr(
     cfg: DictConfig,
     data: SyntheticRegressionData | FileRegressionData,
