@@ -317,7 +317,7 @@ def test_cuda_graph_path_on_the_cpu_is_refused_with_the_fix():
     model = LitTwoLayerNet(5, 4, 2, generator=generator, update_path="cuda_graph")
     with pytest.raises(ValueError, match=r"update_path='cuda_graph' needs a CUDA device.*use update_path='direct'"):
         fast_trainer("cpu", max_steps=2).fit(model, datamodule=data)
-    with pytest.raises(ValueError, match=r"update_path='graph' is not allowed; use one of auto, handwritten, direct, lightning"):
+    with pytest.raises(ValueError, match=r"update_path='graph' is not allowed; use one of auto, handwritten, direct"):
         LitTwoLayerNet(update_path="graph")
 
 
