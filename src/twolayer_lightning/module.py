@@ -388,7 +388,9 @@ class _HandwrittenUpdate(_Update):
         grad_y_pred = 2.0 * diff  # (N, D_out)
         grad_w2 = h_relu.t().mm(grad_y_pred)  # (H, D_out)
         grad_h = grad_y_pred.mm(w2.t())  # (N, H)
-        grad_h[h < 0] = 0  # the ReLU's backward (clamp's and ClampReLU's alike)
+        # The ReLU's backward (clamp's and ClampReLU's alike): the seed's `grad_h[h < 0] = 0`, the same
+        # values, as one kernel without an index step.
+        grad_h = torch.where(h < 0, 0.0, grad_h)
         grad_w1 = x.t().mm(grad_h)  # (D_in, H)
         w1 -= lr1 * grad_w1
         w2 -= lr2 * grad_w2
