@@ -12,6 +12,8 @@ Variants, each timed from the same initial tensors (x, y, w1, w2 drawn in the se
 
 - ``raw``: the seed's section 三 loop written out below, without ``loss.item()``.
 - ``raw+item``: the same with ``loss.item()`` every update, as the seed's ``print(t, loss.item())``.
+- ``raw handwritten``: the seed's section 二 loop (gradients written out by hand, no autograd) with
+  the same in-place update, written out below: the floor for the package's ``handwritten`` path.
 - ``raw graph`` (CUDA only): the raw loop's body captured once as a CUDA graph and replayed: what
   the GPU can do without Python and kernel launches, for reference.
 - ``pkg PATH ups=K``: LitTwoLayerNet + SyntheticRegressionData in a ``lightning.Trainer`` with
@@ -186,6 +188,36 @@ def raw_loop(
     return Result(clock() - started, w1.detach(), w2.detach(), steps)
 
 
+def raw_handwritten_loop(
+    tensors: tuple[torch.Tensor, ...], lr: float, steps: int, batch_size: int | None = None
+) -> Result:
+    """The seed's section 二 loop: backprop by hand, then the same in-place update as section 三."""
+    x_all, y_all, w1, w2 = tensors
+    w1, w2 = w1.clone(), w2.clone()
+    batches = index_batches(len(x_all), batch_size) if batch_size else None
+    x, y = x_all, y_all
+    sync(x.device)
+    started = clock()
+    for _ in range(steps):
+        if batches is not None:
+            idx = next(batches).to(x_all.device)
+            x, y = x_all[idx], y_all[idx]  # (B, D_in), (B, D_out)
+        h = x.mm(w1)
+        h_relu = h.clamp(min=0)
+        y_pred = h_relu.mm(w2)
+        diff = y_pred - y
+        diff.pow(2).sum()  # the loss, computed as the seed does; nothing reads it here
+        grad_y_pred = 2.0 * diff
+        grad_w2 = h_relu.t().mm(grad_y_pred)
+        grad_h = grad_y_pred.mm(w2.t())
+        grad_h[h < 0] = 0
+        grad_w1 = x.t().mm(grad_h)
+        w1 -= lr * grad_w1
+        w2 -= lr * grad_w2
+    sync(x.device)
+    return Result(clock() - started, w1, w2, steps)
+
+
 class LoopTimer(L.Callback):
     """Times the training loop alone: from ``on_train_start`` to ``on_train_end``."""
 
@@ -247,7 +279,7 @@ def package_fit(
     steps: int,
     updates_per_step: int,
     log_every: int,
-    path: str = "direct",
+    path: str = "auto",
     batch_size: int | None = None,
 ) -> Result:
     """LitTwoLayerNet in a Trainer; the per-update time excludes Trainer construction and fit set-up.
@@ -296,7 +328,7 @@ def package_fit(
 
 
 def run_path(
-    s: Shape, device: torch.device, steps: int, updates_per_step: int | None, log_every: int, path: str = "direct"
+    s: Shape, device: torch.device, steps: int, updates_per_step: int | None, log_every: int, path: str = "auto"
 ) -> Result:
     """``twolayer_lightning.run`` with the CSV logger; per-update time is its ``fit_seconds`` (with fit set-up)."""
     with tempfile.TemporaryDirectory(prefix="bench-run-") as tmp:
@@ -378,6 +410,7 @@ def bench_shape(s: Shape, args: argparse.Namespace, device: torch.device) -> lis
     variants = [
         Variant("raw", lambda: raw_loop(tensors, lr, steps, False, batch)),
         Variant("raw+item", lambda: raw_loop(tensors, lr, steps, True, batch)),
+        Variant("raw handwritten", lambda: raw_handwritten_loop(tensors, lr, steps, batch)),
     ]
     if device.type == "cuda" and not batch:
         variants.append(Variant("raw graph", lambda: raw_graph_loop(tensors, lr, steps)))
@@ -400,13 +433,14 @@ def bench_shape(s: Shape, args: argparse.Namespace, device: torch.device) -> lis
                 )
             )
     if args.with_run and not batch:
-        # The config's defaults (update_path=direct, updates_per_step=null: as many as log_every allows).
+        # The config's defaults (update_path=auto, updates_per_step=null: as many as log_every allows).
         # Its per-update time is the fit_seconds that train() measures: wall time, whatever --clock says.
         name = "run() csv defaults" + (" wall" if args.clock == "cpu" else "")
         variants.append(Variant(name, lambda: run_path(s, device, steps, None, args.log_every)))
 
     # Warm-up: a short run of each kind, so that no timed run pays first-call costs.
     raw_loop(tensors, lr, min(steps, 2), True, batch)
+    raw_handwritten_loop(tensors, lr, min(steps, 2), batch)
     if device.type == "cuda" and not batch:
         raw_graph_loop(tensors, lr, min(steps, 2))
     for path in args.paths:
@@ -640,7 +674,7 @@ def main() -> int:
     parser.add_argument(
         "--paths",
         default=None,
-        help="update paths of the package variants, comma-separated (default: direct,lightning; "
+        help="update paths of the package variants, comma-separated (default: handwritten,direct,lightning; "
         "on cuda also cuda_graph)",
     )
     parser.add_argument(
@@ -657,7 +691,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a tiny run for a smoke check")
     args = parser.parse_args()
     args.updates_per_step = [int(v) for v in args.updates_per_step.split(",")]
-    default_paths = "direct,lightning,cuda_graph" if args.device == "cuda" else "direct,lightning"
+    default_paths = "handwritten,direct,lightning" + (",cuda_graph" if args.device == "cuda" else "")
     args.paths = (args.paths or default_paths).split(",")
     for path in args.paths:
         if path not in UPDATE_PATHS or (path == "cuda_graph" and args.device != "cuda"):

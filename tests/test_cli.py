@@ -197,8 +197,8 @@ def test_run_writes_metrics_checkpoint_and_per_step_csv(tmp_path):
     for key in ("train_loss", "global_step", "seed", "lr", "accelerator", "fit_seconds"):
         assert key in on_disk
     assert (on_disk["global_step"], on_disk["accelerator"]) == (30, "cpu")
-    # Left null, updates_per_step is what log_every_n_steps allows; the default path is taken on one process.
-    assert (on_disk["updates_per_step"], on_disk["update_path"]) == (7, "direct")
+    # Left null, updates_per_step is what log_every_n_steps allows; auto takes the handwritten path on a CPU.
+    assert (on_disk["updates_per_step"], on_disk["update_path"]) == (7, "handwritten")
     rows = read_csv_rows(tmp_path / "csv" / "metrics.csv")
     assert [int(row["step"]) for row in rows] == list(range(30))  # every step; the console shows every 7th
     assert float(rows[-1]["train_loss"]) == metrics["train_loss"]

@@ -33,7 +33,7 @@ def test_two_process_ddp_trains_the_same_problem_as_one_process(tmp_path, train_
 
     ddp_metrics = json.loads((ddp_dir / "metrics.json").read_text())
     assert ddp_metrics["global_step"] == single["global_step"] == 500
-    assert (ddp_metrics["update_path"], single["update_path"]) == ("lightning", "direct")
+    assert (ddp_metrics["update_path"], single["update_path"]) == ("lightning", "handwritten")
 
     ddp_losses, single_losses = losses(ddp_dir), losses(tmp_path / "single")
     assert len(ddp_losses) == len(single_losses) == 500

@@ -19,10 +19,14 @@ GPU = [pytest.mark.gpu, CUDA]
 # (device, update_path, updates_per_step): every path, and several updates per training step that
 # do not divide the step counts below (7), so the last training step runs fewer.
 RUNS = [
+    ("cpu", "handwritten", 1),
+    ("cpu", "handwritten", 7),
     ("cpu", "direct", 1),
     ("cpu", "direct", 7),
     ("cpu", "lightning", 1),
     ("cpu", "lightning", 7),
+    pytest.param("cuda", "handwritten", 1, marks=GPU),
+    pytest.param("cuda", "handwritten", 7, marks=GPU),
     pytest.param("cuda", "direct", 7, marks=GPU),
     pytest.param("cuda", "lightning", 1, marks=GPU),
     pytest.param("cuda", "cuda_graph", 1, marks=GPU),
@@ -225,7 +229,7 @@ class HookCounter(L.Callback):
         self.calls["on_before_optimizer_step"] += 1
 
 
-@pytest.mark.parametrize(("update_path", "calls_per_update"), [("lightning", 1), ("direct", 0)])
+@pytest.mark.parametrize(("update_path", "calls_per_update"), [("lightning", 1), ("direct", 0), ("handwritten", 0)])
 def test_per_update_hooks_run_on_the_lightning_path_only(update_path, calls_per_update):
     """What the README promises: callbacks that need per-update hooks get them with update_path='lightning'."""
     generator = torch.Generator().manual_seed(0)
@@ -313,7 +317,7 @@ def test_cuda_graph_path_on_the_cpu_is_refused_with_the_fix():
     model = LitTwoLayerNet(5, 4, 2, generator=generator, update_path="cuda_graph")
     with pytest.raises(ValueError, match=r"update_path='cuda_graph' needs a CUDA device.*use update_path='direct'"):
         fast_trainer("cpu", max_steps=2).fit(model, datamodule=data)
-    with pytest.raises(ValueError, match=r"update_path='graph' is not allowed; use one of direct, lightning"):
+    with pytest.raises(ValueError, match=r"update_path='graph' is not allowed; use one of auto, handwritten, direct"):
         LitTwoLayerNet(update_path="graph")
 
 

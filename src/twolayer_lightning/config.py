@@ -22,7 +22,7 @@ ACCELERATORS = ("cpu", "gpu", "auto")
 PRECISIONS = ("32-true", "32", "64-true", "64")
 LOGGERS = ("csv", "tensorboard", "none")
 STRATEGIES = ("auto", "ddp")
-UPDATE_PATHS = ("direct", "lightning", "cuda_graph")  # LitTwoLayerNet's update_path
+UPDATE_PATHS = ("auto", "handwritten", "direct", "lightning", "cuda_graph")  # LitTwoLayerNet's update_path
 
 
 DATA_KINDS = ("synthetic", "files")
@@ -69,7 +69,7 @@ class TrainerConfig:
     precision: str = "32-true"  # 32-true | 64-true; mixed precisions are refused
     enable_progress_bar: bool | None = None  # Lightning's progress bar; None: only when stdout is a terminal
     updates_per_step: int | None = None  # updates per Lightning training step; null: as many as the intervals allow
-    update_path: str = "direct"  # direct | lightning (every per-update hook; DDP) | cuda_graph (GPU)
+    update_path: str = "auto"  # auto | handwritten | direct | lightning (every per-update hook; DDP) | cuda_graph
     checkpoint_every_n_steps: int = 0  # also save checkpoints/step-N.ckpt every N updates; 0: only last.ckpt
     keep_checkpoints: int = 0  # keep the newest N step-N.ckpt files; 0: keep them all
     val_every_n_steps: int = 50  # validate every this many training steps (when there is validation data)
@@ -283,7 +283,7 @@ def validate(cfg: Any, cuda_available: bool | None = None) -> None:
         )
     path = cfg.trainer.update_path
     choice("trainer.update_path", path, UPDATE_PATHS)
-    if cfg.trainer.strategy == "ddp" and path != "lightning":
+    if cfg.trainer.strategy == "ddp" and path not in ("auto", "lightning"):
         problems.append(
             f"trainer.update_path={path!r} is not allowed with trainer.strategy=ddp: DDP syncs gradients in "
             "Lightning's backward; use trainer.update_path=lightning (trainer=ddp sets it)"

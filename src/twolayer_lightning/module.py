@@ -17,8 +17,8 @@ from twolayer_lightning.optim import InPlaceSGD
 
 log = logging.getLogger(__name__)
 
-UpdatePath = Literal["direct", "lightning", "cuda_graph"]
-UPDATE_PATHS: tuple[str, ...] = ("direct", "lightning", "cuda_graph")
+UpdatePath = Literal["auto", "handwritten", "direct", "lightning", "cuda_graph"]
+UPDATE_PATHS: tuple[str, ...] = ("auto", "handwritten", "direct", "lightning", "cuda_graph")
 
 
 class LitTwoLayerNet(L.LightningModule):
@@ -31,18 +31,30 @@ class LitTwoLayerNet(L.LightningModule):
 
     ``update_path`` says how an update runs; every path gives the same weights, bit for bit:
 
-    - ``"direct"`` (the default): one plain function per update (forward, ``loss.backward()``,
+    - ``"handwritten"``: the seed's section 二, gradients written out by hand
+      (``grad_y_pred = 2 * (y_pred - y)``, ``grad_w2 = h_relu.t().mm(grad_y_pred)``,
+      ``grad_h = grad_y_pred.mm(w2.t())`` zeroed where ``h < 0``, ``grad_w1 = x.t().mm(grad_h)``)
+      and the in-place update with the optimizer's lr. They are the very operations autograd runs
+      for this net, in the same order, so the weights are bitwise those of the autograd loop,
+      without building a graph or zeroing ``.grad`` (``.grad`` stays unset). Counted in
+      ``global_step`` like ``"direct"``.
+    - ``"direct"``: one plain function per update (forward, ``loss.backward()``,
       :meth:`InPlaceSGD.update`), counted in ``global_step`` by the same two calls that
       ``LightningOptimizer.step`` makes around an optimizer step. It skips Lightning's per-update
       wrappers and hooks (``on_before_backward``, ``on_after_backward``,
       ``on_before_optimizer_step``, a ``backward`` override, optimizer step hooks), which at the
-      seed's size cost about a fifth of the update itself. One process only: under DDP the
-      module takes the ``"lightning"`` path, which DDP's gradient sync needs.
+      seed's size cost about a fifth of the update itself.
     - ``"lightning"``: ``manual_backward(loss)`` and ``optimizer.step()``, the textbook manual
-      optimization; every hook above runs. For callbacks that need them.
+      optimization; every hook above runs. For callbacks that need them, and what DDP's gradient
+      sync needs: with several processes every path but ``"cuda_graph"`` takes this one.
     - ``"cuda_graph"``: the direct update captured once as a CUDA graph and replayed (one GPU
       process; every training step must bring the same batch tensors, as the full batch does).
       Kernel launches and Python leave the loop.
+    - ``"auto"`` (the default): ``"handwritten"`` on a CPU, where the parity tests prove it
+      bitwise, ``"direct"`` on a GPU, where they have not run yet.
+
+    Each path is one small update object (given x and y: one update, return the loss and the
+    predictions), chosen once when the fit starts.
 
     The loss of every step is kept on the device and looked at every ``log_every_n_steps``
     steps of the Trainer (one device sync per interval, not per step): each step's loss goes to
@@ -62,7 +74,8 @@ class LitTwoLayerNet(L.LightningModule):
             cost when every batch is the same full batch. Every update is counted, so
             ``global_step`` counts updates, and the last training step runs only as many as
             ``max_steps`` leaves.
-        update_path: ``"direct"``, ``"lightning"`` or ``"cuda_graph"``, see above.
+        update_path: ``"auto"``, ``"handwritten"``, ``"direct"``, ``"lightning"`` or ``"cuda_graph"``,
+            see above.
         init: ``"seed"`` (randn, the seed's) or ``"scaled"`` (randn / sqrt(fan_in)), see
             :class:`~twolayer_lightning.model.TwoLayerNet`.
 
@@ -95,7 +108,7 @@ class LitTwoLayerNet(L.LightningModule):
         activation: Activation = "clamp",
         generator: torch.Generator | None = None,
         updates_per_step: int = 1,
-        update_path: UpdatePath = "direct",
+        update_path: UpdatePath = "auto",
         init: Init = "seed",
     ) -> None:
         super().__init__()
@@ -122,7 +135,7 @@ class LitTwoLayerNet(L.LightningModule):
         self._pending: list[torch.Tensor] = []  # losses not yet brought to the host
         self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (x, y, y_pred) of the last update
         self._path: str = update_path  # the path this fit takes, settled in on_train_start
-        self._graph: _CapturedUpdate | None = None  # the cuda_graph path's graph, captured at the first step
+        self._update: _Update | None = None  # runs one update of that path; made in on_train_start
         # One metric object per stage. Train metrics are taken at each report on the batch just
         # used (the whole training set when training is full batch), so steps between reports
         # cost nothing; validation metrics cover the whole validation set.
@@ -173,16 +186,19 @@ class LitTwoLayerNet(L.LightningModule):
         self.losses = []
         self.diverged_at = None
         self._pending = []
-        self._graph = None
         self._path = self._settle_path()
         # A resume restores the optimizer's state, lr included: the lr this module was built with
         # is the one the remaining updates use (and the one a run records).
         for group in self.optimizers().optimizer.param_groups:
             group["lr"] = self.hparams.lr
+        self._update = UPDATES[self._path](self)
 
     def _settle_path(self) -> str:
         """The update path this fit can take: the one asked for, or ``"lightning"`` where it must be."""
         path = self.hparams.update_path
+        if path == "auto":
+            # Handwritten gradients are proven bitwise where the parity tests run: the CPU.
+            path = "handwritten" if self.device.type == "cpu" else "direct"
         if path == "lightning":
             return path
         if path == "cuda_graph" and self.device.type != "cuda":
@@ -215,37 +231,18 @@ class LitTwoLayerNet(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        optimizer = self.optimizers()
         start = self.global_step
         updates = self.hparams.updates_per_step
         if self.trainer.max_steps > 0:
             updates = min(updates, self.trainer.max_steps - start)
-        world_size = self.trainer.world_size
         # One CPU process can look at every loss for free and stop at the very step it turns inf or
         # nan; on a GPU that would be a sync per step, and DDP ranks must report in step with each
         # other, so those look at each interval's losses together.
+        world_size = self.trainer.world_size
         check_each = world_size == 1 and x.device.type == "cpu"
         diverged = stopping = False
-        if self._path == "cuda_graph" and self._graph is None:
-            self._graph = _CapturedUpdate(self, x, y)
         for _ in range(updates):
-            if self._path == "lightning":
-                y_pred = self.net.seed_forward(x)
-                loss = sum_squared_error(y_pred, y)  # with several processes: the sum over this rank's rows
-                # DDP averages gradients over the W ranks; W times each rank's sum makes that average the
-                # full batch's gradient, the seed's. One process multiplies by nothing, to stay bitwise.
-                self.manual_backward(loss * world_size if world_size > 1 else loss)
-                optimizer.step()  # the seed's `w -= lr * w.grad; w.grad.zero_()`, counted in global_step
-                loss = loss.detach()
-            else:
-                # LightningOptimizer.step makes these two calls around an optimizer's step; they
-                # count it in global_step. Between them runs the whole update, without the wrappers.
-                optimizer._on_before_step()
-                if self._path == "direct":
-                    loss, y_pred = self._direct_update(x, y, optimizer.optimizer)
-                else:
-                    loss, y_pred = self._graph.replay(x, y)
-                optimizer._on_after_step()
+            loss, y_pred = self._update(x, y)  # one seed update, counted in global_step
             self._pending.append(loss)
             if check_each and not math.isfinite(loss.item()):
                 diverged = True
@@ -256,7 +253,7 @@ class LitTwoLayerNet(L.LightningModule):
                 # (Several processes stop together at the end of a step, as Lightning syncs them there.)
                 stopping = True
                 break
-        self._last = (x, y, y_pred.detach())
+        self._last = (x, y, y_pred)
         every = self.trainer.log_every_n_steps  # 0 in Trainer(barebones=True): report at the end only
         crossed = every > 0 and self.global_step // every > start // every
         if crossed or diverged or stopping or self.global_step >= self.trainer.max_steps:
@@ -266,21 +263,8 @@ class LitTwoLayerNet(L.LightningModule):
                 self.log("train_loss", self.last_loss, logger=False, prog_bar=True)
         return loss
 
-    def _direct_update(
-        self, x: torch.Tensor, y: torch.Tensor, optimizer: InPlaceSGD
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One seed update as one plain function: forward, loss, backward, the in-place update.
-
-        Returns the loss (detached) and the predictions it was computed from.
-        """
-        y_pred = self.net.seed_forward(x)
-        loss = sum_squared_error(y_pred, y)
-        loss.backward()
-        optimizer.update()  # w -= lr * w.grad; w.grad.zero_()
-        return loss.detach(), y_pred.detach()
-
     def on_train_end(self) -> None:
-        self._graph = None  # a later fit captures afresh (its batch tensors may be other ones)
+        self._update = None  # a later fit starts afresh (a CUDA graph would hold this fit's batch tensors)
         self._report()
         if self.diverged_at is None and self._last is not None:
             self._measure_dead_units()
@@ -439,8 +423,92 @@ class LitTwoLayerNet(L.LightningModule):
             )
 
 
-class _CapturedUpdate:
-    """One direct update (forward, loss, backward, in-place update) captured as a CUDA graph.
+class _Update:
+    """One seed update of a path: given the batch, update the weights once, return the loss and predictions.
+
+    Both come back detached; the predictions are those the loss was computed from, before the update.
+    """
+
+    def __init__(self, module: LitTwoLayerNet) -> None:
+        self.module = module
+        self.net = module.net
+        self.lightning_optimizer = module.optimizers()
+        self.optimizer = self.lightning_optimizer.optimizer
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # LightningOptimizer.step makes these two calls around an optimizer's step; they count it in
+        # global_step. Between them runs the whole update, without Lightning's per-update wrappers.
+        self.lightning_optimizer._on_before_step()
+        loss, y_pred = self.update(x, y)
+        self.lightning_optimizer._on_after_step()
+        return loss, y_pred
+
+    def update(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+
+class _LightningUpdate(_Update):
+    """``manual_backward`` + ``optimizer.step()``: every per-update hook runs; DDP syncs gradients here."""
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        world_size = self.module.trainer.world_size
+        y_pred = self.net.seed_forward(x)
+        loss = sum_squared_error(y_pred, y)  # with several processes: the sum over this rank's rows
+        # DDP averages gradients over the W ranks; W times each rank's sum makes that average the
+        # full batch's gradient, the seed's. One process multiplies by nothing, to stay bitwise.
+        self.module.manual_backward(loss * world_size if world_size > 1 else loss)
+        self.lightning_optimizer.step()  # the seed's `w -= lr * w.grad; w.grad.zero_()`, counted in global_step
+        return loss.detach(), y_pred.detach()
+
+
+class _DirectUpdate(_Update):
+    """The seed's section 三 as one plain function: forward, loss, ``backward()``, the in-place update."""
+
+    def update(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y_pred = self.net.seed_forward(x)
+        loss = sum_squared_error(y_pred, y)
+        loss.backward()
+        self.optimizer.update()  # w -= lr * w.grad; w.grad.zero_()
+        return loss.detach(), y_pred.detach()
+
+
+class _HandwrittenUpdate(_Update):
+    """The seed's section 二: the gradients written out by hand, then the in-place update.
+
+    Each line is the operation autograd's backward runs for this net (``pow`` backward is
+    ``2 * (y_pred - y)``, ``mm`` backward multiplies by the other factor's transpose, the ReLU's
+    zeroes the gradient where its input was negative), in the same order on the same operands, so
+    the result is bitwise the autograd loop's. No graph is built and no ``.grad`` is kept.
+    """
+
+    def __init__(self, module: LitTwoLayerNet) -> None:
+        super().__init__(module)
+        # Each weight's parameter group, for its lr: the optimizer stays the one place the lr lives.
+        self.group_of = {id(p): group for group in self.optimizer.param_groups for p in group["params"]}
+
+    @torch.no_grad()  # the weights require grad; nothing here needs autograd
+    def update(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w1, w2 = self.net.w1, self.net.w2
+        lr1, lr2 = (self.group_of[id(w)]["lr"] for w in (w1, w2))  # read each update: a resume may change it
+        h = x.mm(w1)  # (N, H)
+        h_relu = h.clamp(min=0)  # (N, H)
+        y_pred = h_relu.mm(w2)  # (N, D_out)
+        diff = y_pred - y  # (N, D_out)
+        loss = diff.pow(2).sum()
+        grad_y_pred = 2.0 * diff  # (N, D_out)
+        grad_w2 = h_relu.t().mm(grad_y_pred)  # (H, D_out)
+        grad_h = grad_y_pred.mm(w2.t())  # (N, H)
+        # The ReLU's backward (clamp's and ClampReLU's alike): the seed's `grad_h[h < 0] = 0`, the same
+        # values, as one kernel without an index step.
+        grad_h = torch.where(h < 0, 0.0, grad_h)
+        grad_w1 = x.t().mm(grad_h)  # (D_in, H)
+        w1 -= lr1 * grad_w1
+        w2 -= lr2 * grad_w2
+        return loss, y_pred
+
+
+class _GraphUpdate(_DirectUpdate):
+    """The direct update captured as a CUDA graph at the first call, replayed for every update.
 
     Replaying it runs the same kernels on the same memory as the eager update, so the weights
     stay bitwise equal to it, with one launch instead of about twenty and no Python per update.
@@ -448,29 +516,13 @@ class _CapturedUpdate:
     bring those same tensors: the full batch, which the data modules keep on the device.
     """
 
-    def __init__(self, module: LitTwoLayerNet, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
-        optimizer = module.optimizers().optimizer
-        params = list(module.net.parameters())
-        # Capture needs a few eager runs first (on a side stream) for autograd's and cuBLAS's
-        # first-call set-up. They update the weights, so the weights are put back afterwards.
-        saved = [p.detach().clone() for p in params]
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                module._direct_update(x, y, optimizer)
-        torch.cuda.current_stream().wait_stream(side)
-        with torch.no_grad():
-            for p, value in zip(params, saved, strict=True):
-                p.copy_(value)
-                p.grad = None  # backward in the graph then owns the gradients' memory
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):  # records the kernels; nothing runs until replay
-            self.loss, self.y_pred = module._direct_update(x, y, optimizer)
+    def __init__(self, module: LitTwoLayerNet) -> None:
+        super().__init__(module)
+        self.graph: torch.cuda.CUDAGraph | None = None
 
-    def replay(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run one update; the loss is a new tensor, the predictions the graph's own (overwritten by the next)."""
+    def update(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.graph is None:
+            self._capture(x, y)
         if x is not self.x or y is not self.y:
             raise ValueError(
                 "LitTwoLayerNet: update_path='cuda_graph' replays the batch it was captured with, and this "
@@ -478,7 +530,37 @@ class _CapturedUpdate:
                 "modules then give the same device tensors every step) or use update_path='direct'"
             )
         self.graph.replay()
+        # The loss as a new tensor; the predictions are the graph's own (overwritten by the next replay).
         return self.loss.clone(), self.y_pred
+
+    def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+        params = list(self.net.parameters())
+        # Capture needs a few eager runs first (on a side stream) for autograd's and cuBLAS's
+        # first-call set-up. They update the weights, so the weights are put back afterwards.
+        saved = [p.detach().clone() for p in params]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                super().update(x, y)
+        torch.cuda.current_stream().wait_stream(side)
+        with torch.no_grad():
+            for p, value in zip(params, saved, strict=True):
+                p.copy_(value)
+                p.grad = None  # backward in the graph then owns the gradients' memory
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):  # records the kernels; nothing runs until replay
+            self.loss, self.y_pred = super().update(x, y)
+
+
+# The update path's name -> its update; a new path is one class and one entry here.
+UPDATES: dict[str, type[_Update]] = {
+    "handwritten": _HandwrittenUpdate,
+    "direct": _DirectUpdate,
+    "lightning": _LightningUpdate,
+    "cuda_graph": _GraphUpdate,
+}
 
 
 class UpdateProgressBar(TQDMProgressBar):
