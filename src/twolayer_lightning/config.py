@@ -169,7 +169,9 @@ def unknown_keys(cfg: Any) -> list[str]:
     if not isinstance(cfg, DictConfig):
         return []
     # Unresolved: ${hydra:...} interpolations have no value outside a Hydra app.
-    return walk(OmegaConf.to_container(cfg), OmegaConf.to_container(OmegaConf.structured(Config)), "")
+    container = OmegaConf.to_container(cfg)
+    container.pop("hydra", None)  # Hydra's own node, beside ours in the config its callbacks get
+    return walk(container, OmegaConf.to_container(OmegaConf.structured(Config)), "")
 
 
 def validate(cfg: Any, cuda_available: bool | None = None) -> None:
