@@ -247,6 +247,23 @@ def test_summarize_sweep_prefers_val_loss_and_survives_broken_job_dirs(tmp_path)
     assert "| val_loss |" in (tmp_path / "summary.md").read_text()
 
 
+def test_summary_has_val_r2_with_validation_data_and_reads_strict_json_nulls(tmp_path):
+    write_job_files(tmp_path / "0", 0, ["seed=0"])
+    (tmp_path / "0" / "metrics.json").write_text(
+        json.dumps({"status": "ok", "train_loss": 1.0, "val_loss": 2.0, "val_r2": 0.75, "global_step": 3})
+    )
+    write_job_files(tmp_path / "1", 1, ["seed=1"], [log_error("training diverged")])
+    (tmp_path / "1" / "metrics.json").write_text(
+        json.dumps({"status": "diverged", "train_loss": None, "non_finite": {"train_loss": "inf"}, "global_step": 2})
+    )
+
+    rows = summarize_sweep(tmp_path)
+
+    assert [(row["val_r2"], row["train_loss"]) for row in rows] == [(0.75, 1.0), (None, math.inf)]
+    assert [r["val_r2"] for r in read_csv(tmp_path / "summary.csv")] == ["0.75", ""]
+    assert "| val_r2 |" in (tmp_path / "summary.md").read_text()
+
+
 @pytest.mark.slow
 def test_sweep_summary_callback_summarises_a_real_multirun(tmp_path, train_py):
     # No callback override: conf/config.yaml registers SweepSummary for every sweep.
