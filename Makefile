@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: train test lint
+.PHONY: train test lint test-versions
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,3 +22,26 @@ test: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# The declared version ranges, tested: the fast tests (parity included) with the lowest versions that
+# pyproject.toml allows (.ci/lowest.txt) and with the newest releases, each in its own venv beside
+# the pinned torch; .venv is left alone. .ci/run runs this. Delete .venv-newest to test newer releases.
+VERSIONS := pip list --format=freeze | grep -iE '^(torch|lightning|torchmetrics|hydra-core|numpy)=='
+
+test-versions: .venv-lowest/.installed .venv-newest/.installed
+	.venv-lowest/bin/python -m $(VERSIONS)
+	.venv-lowest/bin/python -m pytest -q -m "not slow" -p no:cacheprovider $(ARGS)
+	.venv-newest/bin/python -m $(VERSIONS)
+	.venv-newest/bin/python -m pytest -q -m "not slow" -p no:cacheprovider $(ARGS)
+
+.venv-lowest/.installed: pyproject.toml constraints.txt .ci/lowest.txt
+	rm -rf .venv-lowest
+	$(PYTHON) -m venv .venv-lowest
+	.venv-lowest/bin/python -m pip install -q -c constraints.txt -c .ci/lowest.txt -e ".[test]"
+	touch $@
+
+.venv-newest/.installed: pyproject.toml constraints.txt
+	rm -rf .venv-newest
+	$(PYTHON) -m venv .venv-newest
+	.venv-newest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -c constraints.txt -e ".[test]"
+	touch $@
