@@ -219,6 +219,28 @@ def test_a_full_disk_keeps_the_previous_checkpoints_and_names_the_space_needed(t
     assert resumed["resumed_from"]["global_step"] == 10 and resumed["global_step"] == 30
 
 
+def test_a_full_disk_while_writing_anything_else_is_one_line(tmp_path, monkeypatch):
+    def plot_on_a_full_disk(run_dir: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / "loss.png"))
+
+    monkeypatch.setattr("twolayer_lightning.cli.plot_run", plot_on_a_full_disk)
+    with pytest.raises(DiskFullError) as info:
+        run(["trainer.max_steps=2"], output_dir=tmp_path / "run")
+    assert describe_error(info.value).startswith(f"error: no space left on the device writing {tmp_path / 'run'}")
+
+
+def test_ctrl_c_outside_a_fit_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("twolayer_lightning.cli._hydra_main", interrupted)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err.startswith("error: interrupted by SIGINT")
+
+
 def test_an_atomic_save_replaces_the_file_whole(tmp_path):
     path = tmp_path / "a.ckpt"
     AtomicCheckpointIO().save_checkpoint({"x": torch.arange(3)}, path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import importlib.metadata
 import json
 import logging
@@ -107,7 +108,7 @@ def _output_dir(cfg: DictConfig) -> Path:
 def _resolve_ckpt_path(cfg: DictConfig, out: Path) -> str | None:
     """``ckpt_path``, with ``last`` (or a SLURM requeue's null) turned into the run dir's newest checkpoint."""
     wanted = cfg.ckpt_path
-    if wanted is None and cfg.mode == "train" and slurm_requeued():
+    if cfg.mode == "train" and slurm_requeued() and (wanted is None or newest_checkpoint(out) is not None):
         wanted = "last"  # Lightning's auto-requeue restarted this job: resume it from where it stopped
     if wanted != "last":
         return wanted
@@ -266,10 +267,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         and the validation metrics when there are any.
 
     Raises:
-        ConfigError: a value is out of range, the data does not fit the model, or the output dir
-            holds a finished run; nothing has been written then.
+        ConfigError: a value is out of range, the data does not fit the model, the checkpoint
+            cannot be resumed, or the output dir holds a finished run or is in use; nothing has
+            been written then.
         DataError: a data file cannot be used; nothing has been written then.
         TrainingDivergedError: the loss became inf or nan; ``metrics.json`` records it.
+        TrainingInterruptedError: SIGTERM or SIGINT stopped the run after an update; ``last.ckpt``
+            holds that update and ``metrics.json`` says ``interrupted``.
+        DiskFullError: the disk filled up; the checkpoints written before are intact.
     """
     validate(cfg)
     out = _output_dir(cfg)
@@ -279,6 +284,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         lock.acquire()
     try:
         return _train_in(cfg, out)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT) and not isinstance(err, DiskFullError):
+            # A full disk while writing a log, a plot or metrics.json: one line, not a traceback.
+            raise DiskFullError(
+                err.errno,
+                f"no space left on the device writing {err.filename or out}; free some space and resume with "
+                f"`{resume_hint(out)}`",
+            ) from err
+        raise
     finally:
         if lock is not None:
             lock.release()
@@ -576,6 +590,12 @@ def main() -> None:
         os.environ[_OUR_FULL_ERROR] = "1"
     try:
         _hydra_main()
+    except KeyboardInterrupt:
+        # Ctrl-C outside a fit (a fit stops after its current update, see StopOnSignal).
+        if full_error:
+            raise
+        print("error: interrupted by SIGINT outside the training loop; its files may be incomplete", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGINT) from None
     except (
         ConfigError,
         DataError,
