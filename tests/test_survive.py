@@ -357,6 +357,12 @@ def test_a_file_in_the_way_of_the_run_dir_gets_one_line(tmp_path, monkeypatch, c
     assert "is a file, not a folder" in line
 
 
+def test_ckpt_path_last_into_a_dir_without_checkpoints_writes_nothing(tmp_path, monkeypatch, capsys):
+    line = one_error_line([f"hydra.run.dir={tmp_path / 'none'}", "ckpt_path=last"], tmp_path, monkeypatch, capsys)
+    assert "ckpt_path=last found no checkpoint" in line
+    assert not (tmp_path / "none").exists()
+
+
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
 def test_a_read_only_run_dir_gets_one_line(tmp_path, monkeypatch, capsys):
     (tmp_path / "ro").mkdir()
