@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from twolayer_lightning import ConfigError, SyntheticRegressionData, run
+from twolayer_lightning import ConfigError, SyntheticRegressionData, TrainingInterruptedError, run
 from twolayer_lightning.checkpoints import CHECKPOINT_FORMAT, STAMP_KEY, AtomicCheckpointIO, DiskFullError
 from twolayer_lightning.cli import describe_error, main
 from twolayer_lightning.rundir import LOCK_FILE, RunDirLock
@@ -110,6 +110,19 @@ def test_a_signal_saves_the_last_update_and_the_resume_is_bitwise(tmp_path, sign
     assert not (tmp_path / "run" / LOCK_FILE).exists()
 
 
+def test_a_signal_after_the_fit_waits_until_the_files_are_written(tmp_path, monkeypatch):
+    def plot_and_get_a_sigterm(run_dir: Path) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # held: without that, this process would end here
+
+    monkeypatch.setattr("twolayer_lightning.cli.plot_run", plot_and_get_a_sigterm)
+    with pytest.raises(TrainingInterruptedError, match="after training had finished") as info:
+        run(["trainer.max_steps=3"], output_dir=tmp_path / "run")
+    assert info.value.exit_code == 143
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "ok"  # it did finish
+    assert torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["global_step"] == 3
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers are back
+
+
 @pytest.mark.slow
 def test_an_interrupted_sweep_stops_and_summarises_with_the_failed_and_interrupted_jobs(tmp_path):
     empty = tmp_path / "empty.ckpt"
@@ -160,6 +173,8 @@ def test_ckpt_path_last_takes_the_newest_checkpoint_that_loads_and_keep_checkpoi
     resumed = run([*overrides[:1], "trainer.max_steps=50", "ckpt_path=last"], output_dir=out)
     assert resumed["resumed_from"]["ckpt_path"] == str(out / "checkpoints" / "step-40.ckpt")
     assert resumed["global_step"] == 50
+    with pytest.raises(ConfigError, match=r"max_steps=50 leaves nothing to train .* use trainer.max_steps > 50"):
+        run(["trainer.max_steps=50", f"ckpt_path={out / 'last.ckpt'}"], output_dir=tmp_path / "more")
     with pytest.raises(ConfigError, match="found no complete checkpoint"):
         run(["ckpt_path=last"], output_dir=tmp_path / "empty")
 
@@ -217,6 +232,28 @@ def test_a_full_disk_keeps_the_previous_checkpoints_and_names_the_space_needed(t
     monkeypatch.setattr("twolayer_lightning.checkpoints.os.fsync", real_fsync)
     resumed = run(["logger=none", "trainer.max_steps=30", "ckpt_path=last"], output_dir=out)  # once space is back
     assert resumed["resumed_from"]["global_step"] == 10 and resumed["global_step"] == 30
+
+
+def test_a_full_disk_while_writing_anything_else_is_one_line(tmp_path, monkeypatch):
+    def plot_on_a_full_disk(run_dir: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / "loss.png"))
+
+    monkeypatch.setattr("twolayer_lightning.cli.plot_run", plot_on_a_full_disk)
+    with pytest.raises(DiskFullError) as info:
+        run(["trainer.max_steps=2"], output_dir=tmp_path / "run")
+    assert describe_error(info.value).startswith(f"error: no space left on the device writing {tmp_path / 'run'}")
+
+
+def test_ctrl_c_outside_a_fit_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("twolayer_lightning.cli._hydra_main", interrupted)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err.startswith("error: interrupted by SIGINT")
 
 
 def test_an_atomic_save_replaces_the_file_whole(tmp_path):
@@ -318,6 +355,12 @@ def test_a_file_in_the_way_of_the_run_dir_gets_one_line(tmp_path, monkeypatch, c
     (tmp_path / "taken").write_text("a file")
     line = one_error_line([f"hydra.run.dir={tmp_path / 'taken' / 'run'}"], tmp_path, monkeypatch, capsys)
     assert "is a file, not a folder" in line
+
+
+def test_ckpt_path_last_into_a_dir_without_checkpoints_writes_nothing(tmp_path, monkeypatch, capsys):
+    line = one_error_line([f"hydra.run.dir={tmp_path / 'none'}", "ckpt_path=last"], tmp_path, monkeypatch, capsys)
+    assert "ckpt_path=last found no checkpoint" in line
+    assert not (tmp_path / "none").exists()
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")

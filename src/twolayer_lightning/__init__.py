@@ -6,7 +6,7 @@ Layers, from plain torch up: :class:`TwoLayerNet` and :class:`ClampReLU` (torch 
 :func:`train` / :func:`run` (Hydra config).
 """
 
-from twolayer_lightning.cli import TrainingDivergedError, run, train
+from twolayer_lightning.cli import TrainingDivergedError, TrainingInterruptedError, run, train
 from twolayer_lightning.config import ConfigError
 from twolayer_lightning.data import DataError, FileRegressionData, SyntheticRegressionData, load_regression_arrays
 from twolayer_lightning.model import ClampReLU, TwoLayerNet
@@ -24,6 +24,7 @@ __all__ = [
     "SweepSummary",
     "SyntheticRegressionData",
     "TrainingDivergedError",
+    "TrainingInterruptedError",
     "TwoLayerNet",
     "load_regression_arrays",
     "plot_run",

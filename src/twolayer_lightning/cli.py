@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import importlib.metadata
 import json
 import logging
@@ -16,6 +17,7 @@ import os
 import platform
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
@@ -53,6 +55,7 @@ log = logging.getLogger(__name__)
 CONFIG_MODULE = "twolayer_lightning.conf"
 METRICS_FILE = "metrics.json"
 CHECKPOINT_FILE = "last.ckpt"
+HELD_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 register_configs()
 
@@ -92,6 +95,21 @@ def _isolated_global_state() -> Iterator[None]:
         torch.set_float32_matmul_precision(precision)
 
 
+@contextlib.contextmanager
+def _signals_held() -> Iterator[list[int]]:
+    """Record SIGTERM and SIGINT instead of acting on them; yields the list of those received."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received  # only the main thread may set handlers (a joblib worker thread, say)
+        return
+    previous = {signum: signal.signal(signum, lambda s, _: received.append(s)) for signum in HELD_SIGNALS}
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def _output_dir(cfg: DictConfig) -> Path:
     try:
         path = Path(cfg.output_dir)
@@ -110,7 +128,7 @@ def _output_dir(cfg: DictConfig) -> Path:
 def _resolve_ckpt_path(cfg: DictConfig, out: Path) -> str | None:
     """``ckpt_path``, with ``last`` (or a SLURM requeue's null) turned into the run dir's newest checkpoint."""
     wanted = cfg.ckpt_path
-    if wanted is None and cfg.mode == "train" and slurm_requeued():
+    if cfg.mode == "train" and slurm_requeued() and (wanted is None or newest_checkpoint(out) is not None):
         wanted = "last"  # Lightning's auto-requeue restarted this job: resume it from where it stopped
     if wanted != "last":
         return wanted
@@ -156,11 +174,19 @@ def _keep_csv_history(logger: Any, resume_step: int) -> None:
     with path.open(newline="") as file:
         reader = csv.DictReader(file)
         keys = list(reader.fieldnames or [])
-        rows = [row for row in reader if row.get("step") and int(float(row["step"])) < resume_step]
+        rows = [row for row in reader if _step_of(row) < resume_step]
     writer = logger.experiment  # deletes the old file
     writer.metrics_keys = keys
     writer.metrics = rows
     writer.save()
+
+
+def _step_of(row: dict[str, str]) -> float:
+    """A CSV row's step; inf (dropped) for a row cut short by a kill during a write."""
+    try:
+        return float(row.get("step") or "inf")
+    except ValueError:
+        return math.inf
 
 
 def _make_data(cfg: DictConfig, generator: torch.Generator) -> SyntheticRegressionData | FileRegressionData:
@@ -283,10 +309,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         ``global_step``.
 
     Raises:
-        ConfigError: a value is out of range, the data does not fit the model, or the output dir
-            holds a finished run; nothing has been written then.
+        ConfigError: a value is out of range, the data does not fit the model, the checkpoint
+            cannot be resumed, or the output dir holds a finished run or is in use; nothing has
+            been written then.
         DataError: a data file cannot be used; nothing has been written then.
         TrainingDivergedError: the loss became inf or nan; ``metrics.json`` records it.
+        TrainingInterruptedError: SIGTERM or SIGINT stopped the run after an update; ``last.ckpt``
+            holds that update and ``metrics.json`` says ``interrupted``.
+        DiskFullError: the disk filled up; the checkpoints written before are intact.
     """
     validate(cfg)
     out = _output_dir(cfg)
@@ -295,14 +325,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if lock is not None:
         lock.acquire()
     try:
-        return _train_in(cfg, out)
+        with contextlib.ExitStack() as after_fit:
+            return _train_in(cfg, out, after_fit)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT) and not isinstance(err, DiskFullError):
+            # A full disk while writing a log, a plot or metrics.json: one line, not a traceback.
+            raise DiskFullError(
+                err.errno,
+                f"no space left on the device writing {err.filename or out}; free some space and resume with "
+                f"`{resume_hint(out)}`",
+            ) from err
+        raise
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train_in(cfg: DictConfig, out: Path) -> dict[str, Any]:
-    """:func:`train` in the checked and locked run dir ``out``."""
+def _train_in(cfg: DictConfig, out: Path, after_fit: contextlib.ExitStack) -> dict[str, Any]:
+    """:func:`train` in the checked and locked run dir ``out``; ``after_fit`` holds signals from the fit's end."""
     ckpt_path = _resolve_ckpt_path(cfg, out)
     checkpoint = read_checkpoint(ckpt_path) if ckpt_path is not None else None
     resume_step = int(checkpoint["global_step"]) if checkpoint is not None and cfg.mode == "train" else None
@@ -354,6 +394,9 @@ def _train_in(cfg: DictConfig, out: Path) -> dict[str, Any]:
             # Lightning ended the fit at the end of a training step after SIGTERM (or Ctrl-C, which
             # StopOnSignal routes there); the module stopped its updates at the first one after it.
             interrupted = stopper.received or signal.SIGTERM
+        # Lightning has put the process's own handlers back: a signal from here on is held until
+        # last.ckpt and metrics.json are written, so that it cannot cut them short.
+        held = after_fit.enter_context(_signals_held())
         if cfg.mode == "train" and model.diverged_at is None:
             # The full state of the last finished update, also after a signal: resumable, bitwise.
             trainer.save_checkpoint(out / CHECKPOINT_FILE, weights_only=False)
@@ -396,6 +439,12 @@ def _train_in(cfg: DictConfig, out: Path) -> dict[str, Any]:
         _write_metrics(out, metrics)
         if cfg.logger == "csv" and cfg.mode == "train":
             plot_run(out)  # loss.png; without matplotlib, one warning line and no picture
+    if held and not interrupted:
+        raise TrainingInterruptedError(
+            f"interrupted by {signal.Signals(held[0]).name} after training had finished; its files in {out} are "
+            "complete",
+            held[0],
+        )
     if interrupted:
         raise TrainingInterruptedError(
             f"interrupted by {signal.Signals(interrupted).name} after {trainer.global_step} updates (global_step "
@@ -616,6 +665,11 @@ def _check_resumable(
             f"ckpt_path={ckpt_path!r} was trained on other data than seed={cfg.seed} and these data settings "
             "give; resume with the seed and data the checkpoint was trained with"
         )
+    if checkpoint["global_step"] >= cfg.trainer.max_steps:
+        problems.append(
+            f"trainer.max_steps={cfg.trainer.max_steps} leaves nothing to train after ckpt_path={ckpt_path!r}, which "
+            f"holds {checkpoint['global_step']} updates; use trainer.max_steps > {checkpoint['global_step']}"
+        )
     if problems:
         raise ConfigError(problems)
     if saved.get("lr") is not None and saved["lr"] != lr:
@@ -764,6 +818,12 @@ def main() -> None:
         os.environ[_OUR_FULL_ERROR] = "1"
     try:
         _hydra_main()
+    except KeyboardInterrupt:
+        # Ctrl-C outside a fit (a fit stops after its current update, see StopOnSignal).
+        if full_error:
+            raise
+        print("error: interrupted by SIGINT outside the training loop; its files may be incomplete", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGINT) from None
     except (
         ConfigError,
         DataError,

@@ -206,6 +206,13 @@ class RunDirGuard(Callback):
         run_dir = _run_dir(config)
         try:
             check_run_dir(run_dir, config.ckpt_path is not None or slurm_requeued(), config.mode)
+            if config.ckpt_path == "last" and config.mode == "train" and not has_checkpoint(run_dir):
+                raise ConfigError(
+                    [
+                        f"ckpt_path=last found no checkpoint in output_dir={str(run_dir)!r}; point hydra.run.dir "
+                        "(or output_dir) at the run to resume, or give ckpt_path=<file>"
+                    ]
+                )
             RunDirLock(run_dir.absolute()).acquire()
         except ConfigError as err:
             _refuse(err)
