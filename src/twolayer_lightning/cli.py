@@ -567,7 +567,9 @@ def _strict_json(metrics: dict[str, Any]) -> dict[str, Any]:
 def _write_metrics(out: Path, metrics: dict[str, Any]) -> None:
     """metrics.json as strict JSON that any parser reads (see :func:`_strict_json`); ``train`` returns
     the metrics as they are, inf and nan included."""
-    (out / METRICS_FILE).write_text(json.dumps(_strict_json(metrics), indent=2, allow_nan=False) + "\n")
+    temp = out / f".{METRICS_FILE}.tmp"  # renamed into place: never a half-written metrics.json
+    temp.write_text(json.dumps(_strict_json(metrics), indent=2, allow_nan=False) + "\n")
+    os.replace(temp, out / METRICS_FILE)
 
 
 def _predict_files(cfg: DictConfig, out: Path, ckpt_path: str, checkpoint: dict[str, Any]) -> dict[str, Any]:
