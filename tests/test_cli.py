@@ -264,7 +264,7 @@ def test_checkpoints_with_several_updates_per_step_land_on_their_steps(tmp_path)
     assert saved == ["step-20.ckpt", "step-40.ckpt", "step-60.ckpt"]
 
 
-@pytest.mark.parametrize("update_path", ["direct", "lightning"])
+@pytest.mark.parametrize("update_path", ["handwritten", "direct", "lightning"])
 @pytest.mark.parametrize("updates_per_step", ["null", 7, 64])
 def test_updates_per_step_keeps_steps_and_results_exact(tmp_path, updates_per_step, update_path):
     """Several updates per Lightning step: the same arithmetic, global_step exact although 7 does not divide 50."""
