@@ -276,3 +276,15 @@ def test_a_loss_that_hardly_moves_names_the_cause(tmp_path, caplog, overrides, s
         )
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and says in warnings[0] and "hardly moved" in warnings[0]
+
+
+def test_a_resumed_fit_gets_no_whole_run_verdict_from_its_tail(tmp_path, caplog):
+    """A resume sees only the last steps of its run: a converged run that moves little is not 'lr too small'."""
+    x = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
+    np.savez(tmp_path / "xy.npz", x=x.numpy(), y=(x[:, :1] * 3).numpy())
+    common = ["data=files", f"data.x_path={tmp_path / 'xy.npz'}", "logger=none", "optim.lr=1e-20"]
+    run([*common, "trainer.max_steps=20"], output_dir=tmp_path / "a")  # warns: lr 1e-20 is too small
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="twolayer_lightning.module"):
+        run([*common, "trainer.max_steps=40", f"ckpt_path={tmp_path / 'a' / 'last.ckpt'}"], output_dir=tmp_path / "b")
+    assert not [r.getMessage() for r in caplog.records if "hardly moved" in r.getMessage()]

@@ -113,9 +113,10 @@ def read_checkpoint(path: str | os.PathLike[str], key: str = "ckpt_path") -> dic
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # torch raises RuntimeError, pickle errors, EOFError, ... for a bad file
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = reason.split(". ")[0]  # torch's zip reader goes on with advice that is not the user's
         raise ConfigError(
             [
-                f"{where} cannot be read as a checkpoint (truncated, or not a torch file: {reason[:160]}); "
+                f"{where} cannot be read as a checkpoint (truncated, or not a torch file: {reason[:200]}); "
                 "resume from another checkpoint (ckpt_path=last finds the newest complete one)"
             ]
         ) from None

@@ -130,6 +130,7 @@ class LitTwoLayerNet(L.LightningModule):
         # saved in checkpoints, so that predictions on a new CSV can pick its columns and name theirs.
         self.column_names: dict[str, list[str]] | None = None
         self.losses: list[float] = []  # every step's loss of the current fit, in step order
+        self._first_step = 0  # global_step when the current fit started (> 0 for a resume)
         self.diverged_at: int | None = None  # the first step (the seed's t) whose loss was inf or nan
         self.dead_units: float = math.nan  # share of hidden units dead at the end of the last fit, 0..1
         self._pending: list[torch.Tensor] = []  # losses not yet brought to the host
@@ -183,6 +184,7 @@ class LitTwoLayerNet(L.LightningModule):
         return InPlaceSGD(self.net.named_parameters(), lr=self.hparams.lr)
 
     def on_train_start(self) -> None:
+        self._first_step = self.global_step  # 0 for a fresh fit; a resume starts where its checkpoint ended
         self.losses = []
         self.diverged_at = None
         self._pending = []
@@ -367,7 +369,8 @@ class LitTwoLayerNet(L.LightningModule):
         The cases: the loss hardly moved over the whole run on data that is not standardized (scale
         it); it stopped moving with most hidden units dead (lr too large); it fell by less than 5%
         over the run (lr too small); it rose (lr too large). The ends of the run are compared as
-        means over a tenth of its steps each.
+        means over a tenth of its steps each. The whole-run comparisons are made for a fit from step
+        0 only: a resume sees only the tail of its run, which may rightly move little.
         """
         window = max(len(self.losses) // 10, 1)
         if self.diverged_at is not None or len(self.losses) < 2 * window or not self.trainer.is_global_zero:
@@ -376,6 +379,8 @@ class LitTwoLayerNet(L.LightningModule):
         first = sum(self.losses[:window]) / window
         last = sum(self.losses[-window:]) / window
         fell = (first - last) / abs(first) if first else 0.0
+        if self._first_step > 0:
+            fell = math.nan  # a resumed fit: no verdict on the whole run from its tail
         unscaled = getattr(self.trainer.datamodule, "standardize", None) is False and not self.net.scaled
         if fell < 0.05 and unscaled:
             log.warning(
