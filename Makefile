@@ -24,13 +24,21 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .
 
 # The declared version ranges, tested: the fast tests (parity included) with the lowest versions that
-# pyproject.toml allows (.ci/lowest.txt) and with the newest releases, each in its own venv beside
-# the pinned torch; .venv is left alone. .ci/run runs this. Delete .venv-newest to test newer releases.
+# pyproject.toml allows (.ci/lowest.txt), in their own venv beside the pinned torch; .venv is left
+# alone. The newest releases need no venv of their own in CI: .ci/run builds .venv afresh, where pip
+# takes the newest release of everything but the pinned torch, and `make test` runs there.
+# `make test-newest` does the same in .venv-newest, for a machine whose .venv is older.
+.PHONY: test-newest versions
 VERSIONS := pip list --format=freeze | grep -iE '^(torch|lightning|torchmetrics|hydra-core|numpy)=='
 
-test-versions: .venv-lowest/.installed .venv-newest/.installed
+versions: $(VENV)/.installed
+	$(BIN)/python -m $(VERSIONS)
+
+test-versions: .venv-lowest/.installed
 	.venv-lowest/bin/python -m $(VERSIONS)
 	.venv-lowest/bin/python -m pytest -q -m "not slow" -p no:cacheprovider $(ARGS)
+
+test-newest: .venv-newest/.installed
 	.venv-newest/bin/python -m $(VERSIONS)
 	.venv-newest/bin/python -m pytest -q -m "not slow" -p no:cacheprovider $(ARGS)
 
