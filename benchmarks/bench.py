@@ -154,6 +154,17 @@ def index_batches(n: int, batch_size: int) -> Iterator[torch.Tensor]:
         yield from batches
 
 
+def batch_stream(
+    x_all: torch.Tensor, y_all: torch.Tensor, batch_size: int | None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The full batch every update, or the next shuffled mini-batch gathered with ``x[idx]`` on the device."""
+    if not batch_size:
+        yield from itertools.repeat((x_all, y_all))
+    for idx in index_batches(len(x_all), batch_size):
+        idx = idx.to(x_all.device)
+        yield x_all[idx], y_all[idx]  # (B, D_in), (B, D_out)
+
+
 def raw_loop(
     tensors: tuple[torch.Tensor, ...], lr: float, steps: int, item: bool, batch_size: int | None = None
 ) -> Result:
@@ -165,14 +176,11 @@ def raw_loop(
     x_all, y_all, w1, w2 = tensors
     w1 = w1.clone().requires_grad_(True)
     w2 = w2.clone().requires_grad_(True)
-    batches = index_batches(len(x_all), batch_size) if batch_size else None
-    x, y = x_all, y_all
-    sync(x.device)
+    batches = batch_stream(x_all, y_all, batch_size)
+    sync(x_all.device)
     started = clock()
     for _ in range(steps):
-        if batches is not None:
-            idx = next(batches).to(x_all.device)
-            x, y = x_all[idx], y_all[idx]  # (B, D_in), (B, D_out)
+        x, y = next(batches)
         y_pred = x.mm(w1).clamp(min=0).mm(w2)  # (N, D_out)
         loss = (y_pred - y).pow(2).sum()
         if item:
@@ -184,7 +192,7 @@ def raw_loop(
             w2 -= lr * w2.grad
             w1.grad.zero_()
             w2.grad.zero_()
-    sync(x.device)
+    sync(x_all.device)
     return Result(clock() - started, w1.detach(), w2.detach(), steps)
 
 
@@ -194,14 +202,11 @@ def raw_handwritten_loop(
     """The seed's section 二 loop: backprop by hand, then the same in-place update as section 三."""
     x_all, y_all, w1, w2 = tensors
     w1, w2 = w1.clone(), w2.clone()
-    batches = index_batches(len(x_all), batch_size) if batch_size else None
-    x, y = x_all, y_all
-    sync(x.device)
+    batches = batch_stream(x_all, y_all, batch_size)
+    sync(x_all.device)
     started = clock()
     for _ in range(steps):
-        if batches is not None:
-            idx = next(batches).to(x_all.device)
-            x, y = x_all[idx], y_all[idx]  # (B, D_in), (B, D_out)
+        x, y = next(batches)
         h = x.mm(w1)
         h_relu = h.clamp(min=0)
         y_pred = h_relu.mm(w2)
@@ -214,7 +219,7 @@ def raw_handwritten_loop(
         grad_w1 = x.t().mm(grad_h)
         w1 -= lr * grad_w1
         w2 -= lr * grad_w2
-    sync(x.device)
+    sync(x_all.device)
     return Result(clock() - started, w1, w2, steps)
 
 
