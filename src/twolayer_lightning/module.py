@@ -392,29 +392,25 @@ class LitTwoLayerNet(L.LightningModule):
                 self.losses[-1],
             )
             return
-        if self.dead_units > 0.5:
-            pass  # the stall check below names the likelier cause
-        elif 0 <= fell < 0.05:
-            log.warning(
-                "training hardly moved: the loss fell by %.1f%% over %d steps (now %r); lr=%g is likely too "
-                "small: try a larger optim.lr (optim.lr=auto picks one for your data)",
-                100 * fell,
-                len(self.losses),
-                self.losses[-1],
-                self.hparams.lr,
-            )
-            return
-        elif fell < 0:
-            log.warning(
-                "training went the wrong way: the loss rose by %.1f%% over %d steps (now %r); lr=%g is likely too "
-                "large: try a smaller optim.lr (optim.lr=auto picks one for your data)",
-                -100 * fell,
-                len(self.losses),
-                self.losses[-1],
-                self.hparams.lr,
-            )
-            return
-        if not self.dead_units > 0.5:
+        if not self.dead_units > 0.5:  # with most units dead, the stall check below names the likelier cause
+            if 0 <= fell < 0.05:
+                log.warning(
+                    "training hardly moved: the loss fell by %.1f%% over %d steps (now %r); lr=%g is likely too "
+                    "small: try a larger optim.lr (optim.lr=auto picks one for your data)",
+                    100 * fell,
+                    len(self.losses),
+                    self.losses[-1],
+                    self.hparams.lr,
+                )
+            elif fell < 0:
+                log.warning(
+                    "training went the wrong way: the loss rose by %.1f%% over %d steps (now %r); lr=%g is likely "
+                    "too large: try a smaller optim.lr (optim.lr=auto picks one for your data)",
+                    -100 * fell,
+                    len(self.losses),
+                    self.losses[-1],
+                    self.hparams.lr,
+                )
             return
         before, now = self.losses[-1 - window], self.losses[-1]
         if abs(before - now) <= 0.01 * abs(before):
