@@ -359,17 +359,7 @@ def _train_in(cfg: DictConfig, out: Path, after_fit: contextlib.ExitStack) -> di
             lr, lr_search = _choose_lr(cfg, data, generator, checkpoint)
             if checkpoint is not None:
                 _check_resumable(cfg, data, ckpt_path, checkpoint, lr)
-            model = LitTwoLayerNet(
-                data.x.shape[1],
-                cfg.model.hidden_features,
-                data.y.shape[1],
-                lr=lr,
-                activation=cfg.model.activation,
-                generator=generator,
-                updates_per_step=ups,
-                update_path=cfg.trainer.update_path,
-                init=cfg.model.init,
-            )
+            model = _new_model(cfg, data, generator, lr, ups)
         else:
             model = _load_model(ckpt_path, data)
         out.mkdir(parents=True, exist_ok=True)
@@ -402,24 +392,8 @@ def _train_in(cfg: DictConfig, out: Path, after_fit: contextlib.ExitStack) -> di
             trainer.save_checkpoint(out / CHECKPOINT_FILE, weights_only=False)
         seconds = time.perf_counter() - started
     status = "interrupted" if interrupted else "ok" if model.diverged_at is None else "diverged"
-    metrics = {
-        "status": status,
-        "mode": cfg.mode,
-        "train_loss": model.last_loss,
-        "global_step": trainer.global_step if cfg.mode == "train" else int(checkpoint["global_step"]),
-        "seed": cfg.seed,
-        "lr": model.hparams.lr,
-        "accelerator": trainer.accelerator.__class__.__name__.removesuffix("Accelerator").lower(),
-        "num_samples": len(data.x),
-        "in_features": model.hparams.in_features,
-        "hidden_features": model.hparams.hidden_features,
-        "out_features": model.hparams.out_features,
-        "fit_seconds": seconds,
-        "updates_per_step": model.hparams.updates_per_step,
-        "update_path": model.update_path_taken,
-        "dead_units": model.dead_units,
-        **{k: v for k, v in trainer.callback_metrics.items() if k.startswith("val_")},
-    }
+    global_step = trainer.global_step if cfg.mode == "train" else int(checkpoint["global_step"])
+    metrics = _fit_metrics(cfg, model, data, trainer, global_step, status, seconds)
     if interrupted:
         metrics["signal"] = signal.Signals(interrupted).name
     if resume_step is not None:
@@ -429,9 +403,6 @@ def _train_in(cfg: DictConfig, out: Path, after_fit: contextlib.ExitStack) -> di
             "global_step": resume_step,
             "lr": checkpoint["hyper_parameters"].get("lr"),
         }
-    metrics = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
-    if model.diverged_at is not None:
-        metrics["diverged_at_step"] = model.diverged_at
     if lr_search is not None:
         metrics["lr_search"] = lr_search
     metrics["versions"] = _versions(trainer)
@@ -452,11 +423,7 @@ def _train_in(cfg: DictConfig, out: Path, after_fit: contextlib.ExitStack) -> di
             interrupted,
         )
     if model.diverged_at is not None:
-        raise TrainingDivergedError(
-            f"training diverged: the loss became {model.last_loss} at step {model.diverged_at} with "
-            f"optim.lr={model.hparams.lr:g}{' (picked by optim.lr=auto)' if lr_search else ''} and stopped at step "
-            f"{trainer.global_step - 1}; use a smaller optim.lr (the seed's is 1e-6)"
-        )
+        raise TrainingDivergedError(_diverged_message(model, lr_search, trainer.global_step))
     if trainer.is_global_zero:
         if cfg.mode == "train":
             summary = f"{metrics['global_step']} steps, final loss {metrics['train_loss']!r}, {seconds:.2f} s in fit"
@@ -466,6 +433,65 @@ def _train_in(cfg: DictConfig, out: Path, after_fit: contextlib.ExitStack) -> di
             summary = f"{ckpt_path}: {metrics['num_samples']} predictions in predictions.npy"
         log.info("done: %s, %s; files in %s", cfg.mode, summary, out)
     return metrics
+
+
+def _new_model(
+    cfg: DictConfig, data: SyntheticRegressionData | FileRegressionData, generator: torch.Generator, lr: float, ups: int
+) -> LitTwoLayerNet:
+    """The network of a fresh fit: its weights are the next draws of ``generator`` (after the data's)."""
+    return LitTwoLayerNet(
+        data.x.shape[1],
+        cfg.model.hidden_features,
+        data.y.shape[1],
+        lr=lr,
+        activation=cfg.model.activation,
+        generator=generator,
+        updates_per_step=ups,
+        update_path=cfg.trainer.update_path,
+        init=cfg.model.init,
+    )
+
+
+def _fit_metrics(
+    cfg: DictConfig,
+    model: LitTwoLayerNet,
+    data: SyntheticRegressionData | FileRegressionData,
+    trainer: L.Trainer,
+    global_step: int,
+    status: str,
+    seconds: float,
+) -> dict[str, Any]:
+    """The part of metrics.json every train, validate or predict run of the config records (see :func:`train`)."""
+    metrics = {
+        "status": status,
+        "mode": cfg.mode,
+        "train_loss": model.last_loss,
+        "global_step": global_step,
+        "seed": cfg.seed,
+        "lr": model.hparams.lr,
+        "accelerator": trainer.accelerator.__class__.__name__.removesuffix("Accelerator").lower(),
+        "num_samples": len(data.x),
+        "in_features": model.hparams.in_features,
+        "hidden_features": model.hparams.hidden_features,
+        "out_features": model.hparams.out_features,
+        "fit_seconds": seconds,
+        "updates_per_step": model.hparams.updates_per_step,
+        "update_path": model.update_path_taken,
+        "dead_units": model.dead_units,
+        **{k: v for k, v in trainer.callback_metrics.items() if k.startswith("val_")},
+    }
+    metrics = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
+    if model.diverged_at is not None:
+        metrics["diverged_at_step"] = model.diverged_at
+    return metrics
+
+
+def _diverged_message(model: LitTwoLayerNet, lr_search: dict[str, Any] | None, global_step: int) -> str:
+    return (
+        f"training diverged: the loss became {model.last_loss} at step {model.diverged_at} with "
+        f"optim.lr={model.hparams.lr:g}{' (picked by optim.lr=auto)' if lr_search else ''} and stopped at step "
+        f"{global_step - 1}; use a smaller optim.lr (the seed's is 1e-6)"
+    )
 
 
 def _package_version() -> str:

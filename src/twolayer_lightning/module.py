@@ -151,9 +151,15 @@ class LitTwoLayerNet(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Take the data module's standardization statistics and column names when a fit starts."""
-        if stage != "fit" or self.trainer is None:
-            return
-        datamodule = self.trainer.datamodule
+        if stage == "fit" and self.trainer is not None:
+            self.take_data(self.trainer.datamodule)
+
+    def take_data(self, datamodule: Any) -> None:
+        """Take ``datamodule``'s standardization statistics (``scaling``) and column names, as a fit does.
+
+        Raises:
+            ValueError: this network already standardizes with other statistics.
+        """
         scaling = getattr(datamodule, "scaling", None)
         if scaling is not None and not self.net.scaled:
             self.net.set_scaling(*scaling)
@@ -353,10 +359,8 @@ class LitTwoLayerNet(L.LightningModule):
 
     @torch.no_grad()
     def _measure_dead_units(self) -> None:
-        """The share of hidden units that are dead at the end: their ReLU input is negative for every
-        row (of every rank), so no gradient reaches them. Once per fit: it costs a forward matmul."""
-        x = self._last[0]
-        live_rows = (x.mm(self.net.w1) >= 0).sum(dim=0)  # (H,)
+        """The share of hidden units that are dead at the end (see :func:`dead_unit_share`), of every rank's rows."""
+        live_rows = live_rows_per_unit(self._last[0], self.net.w1)
         if self.trainer.world_size > 1:
             live_rows = self.trainer.strategy.reduce(live_rows, reduce_op="sum")
         self.dead_units = (live_rows == 0).float().mean().item()
@@ -364,16 +368,21 @@ class LitTwoLayerNet(L.LightningModule):
             self.logger.log_metrics({"dead_units": self.dead_units}, step=self.global_step - 1)
 
     def _warn_if_stalled(self) -> None:
+        if self.trainer.is_global_zero:
+            self.warn_if_stalled(unscaled_data=getattr(self.trainer.datamodule, "standardize", None) is False)
+
+    def warn_if_stalled(self, unscaled_data: bool) -> None:
         """Warn when training did not work though nothing failed, naming the likely cause.
 
-        The cases: the loss hardly moved over the whole run on data that is not standardized (scale
-        it); it stopped moving with most hidden units dead (lr too large); it fell by less than 5%
-        over the run (lr too small); it rose (lr too large). The ends of the run are compared as
-        means over a tenth of its steps each. The whole-run comparisons are made for a fit from step
-        0 only: a resume sees only the tail of its run, which may rightly move little.
+        The cases: the loss hardly moved over the whole run on data that is not standardized
+        (``unscaled_data``, and the net does not scale either: scale it); it stopped moving with most
+        hidden units dead (lr too large); it fell by less than 5% over the run (lr too small); it rose
+        (lr too large). The ends of the run (:attr:`losses`) are compared as means over a tenth of its
+        steps each. The whole-run comparisons are made for a fit from step 0 only: a resume sees only
+        the tail of its run, which may rightly move little.
         """
         window = max(len(self.losses) // 10, 1)
-        if self.diverged_at is not None or len(self.losses) < 2 * window or not self.trainer.is_global_zero:
+        if self.diverged_at is not None or len(self.losses) < 2 * window:
             return
         # Means over a window at each end: a mini-batch's loss jumps from batch to batch.
         first = sum(self.losses[:window]) / window
@@ -381,7 +390,7 @@ class LitTwoLayerNet(L.LightningModule):
         fell = (first - last) / abs(first) if first else 0.0
         if self._first_step > 0:
             fell = math.nan  # a resumed fit: no verdict on the whole run from its tail
-        unscaled = getattr(self.trainer.datamodule, "standardize", None) is False and not self.net.scaled
+        unscaled = unscaled_data and not self.net.scaled
         if fell < 0.05 and unscaled:
             log.warning(
                 "training hardly moved: the loss fell by %.1f%% over %d steps (now %r) on data that is not "
@@ -487,25 +496,44 @@ class _HandwrittenUpdate(_Update):
         # Each weight's parameter group, for its lr: the optimizer stays the one place the lr lives.
         self.group_of = {id(p): group for group in self.optimizer.param_groups for p in group["params"]}
 
-    @torch.no_grad()  # the weights require grad; nothing here needs autograd
     def update(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         w1, w2 = self.net.w1, self.net.w2
         lr1, lr2 = (self.group_of[id(w)]["lr"] for w in (w1, w2))  # read each update: a resume may change it
-        h = x.mm(w1)  # (N, H)
-        h_relu = h.clamp(min=0)  # (N, H)
-        y_pred = h_relu.mm(w2)  # (N, D_out)
-        diff = y_pred - y  # (N, D_out)
-        loss = diff.pow(2).sum()
-        grad_y_pred = 2.0 * diff  # (N, D_out)
-        grad_w2 = h_relu.t().mm(grad_y_pred)  # (H, D_out)
-        grad_h = grad_y_pred.mm(w2.t())  # (N, H)
-        # The ReLU's backward (clamp's and ClampReLU's alike): the seed's `grad_h[h < 0] = 0`, the same
-        # values, as one kernel without an index step.
-        grad_h = torch.where(h < 0, 0.0, grad_h)
-        grad_w1 = x.t().mm(grad_h)  # (D_in, H)
-        w1 -= lr1 * grad_w1
-        w2 -= lr2 * grad_w2
-        return loss, y_pred
+        return handwritten_update(w1, w2, x, y, lr1, lr2)
+
+
+@torch.no_grad()  # the weights require grad; nothing here needs autograd
+def handwritten_update(
+    w1: torch.Tensor, w2: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lr1: float, lr2: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One seed update with the gradients written out (section 二), in place; returns the loss and predictions.
+
+    Each line is the operation autograd's backward runs for this net, on the same operands in the
+    same order, so the weights are bitwise those of the autograd update (see ``"handwritten"`` in
+    :class:`LitTwoLayerNet`).
+    """
+    h = x.mm(w1)  # (N, H)
+    h_relu = h.clamp(min=0)  # (N, H)
+    y_pred = h_relu.mm(w2)  # (N, D_out)
+    diff = y_pred - y  # (N, D_out)
+    loss = diff.pow(2).sum()
+    grad_y_pred = 2.0 * diff  # (N, D_out)
+    grad_w2 = h_relu.t().mm(grad_y_pred)  # (H, D_out)
+    grad_h = grad_y_pred.mm(w2.t())  # (N, H)
+    # The ReLU's backward (clamp's and ClampReLU's alike): the seed's `grad_h[h < 0] = 0`, the same
+    # values, as one kernel without an index step.
+    grad_h = torch.where(h < 0, 0.0, grad_h)
+    grad_w1 = x.t().mm(grad_h)  # (D_in, H)
+    w1 -= lr1 * grad_w1
+    w2 -= lr2 * grad_w2
+    return loss, y_pred
+
+
+@torch.no_grad()
+def live_rows_per_unit(x: torch.Tensor, w1: torch.Tensor) -> torch.Tensor:
+    """For each hidden unit, the rows of ``x`` whose ReLU input is not negative ``(H,)``: a unit with 0 is
+    dead (no gradient reaches it from these rows). One forward matmul."""
+    return (x.mm(w1) >= 0).sum(dim=0)
 
 
 class _GraphUpdate(_DirectUpdate):

@@ -173,16 +173,7 @@ def search_lr(
     for _ in range(test_steps):
         rows = next(batches)
         xb, yb = (x_fit, y_fit) if rows is None else (x_fit[rows], y_fit[rows])
-        # The seed's tensor section: forward, then the gradients of the summed loss written out (no
-        # autograd, half the kernels), for every member at once.
-        h = torch.matmul(xb, stacked_w1)  # (K, B, H)
-        h_relu = h.clamp(min=0)  # (K, B, H)
-        grad_y_pred = 2.0 * (h_relu.bmm(stacked_w2) - yb)  # (K, B, D_out)
-        grad_w2 = h_relu.transpose(1, 2).bmm(grad_y_pred)  # (K, H, D_out)
-        grad_h = grad_y_pred.bmm(stacked_w2.transpose(1, 2)).masked_fill_(h < 0, 0)  # (K, B, H)
-        grad_w1 = torch.matmul(xb.t(), grad_h)  # (K, D_in, H)
-        stacked_w1 -= lr * grad_w1  # the seed's update, one lr per member
-        stacked_w2 -= lr * grad_w2
+        stacked_update(stacked_w1, stacked_w2, xb, yb, lr)
     with torch.no_grad():
         y_pred = torch.matmul(x_held, stacked_w1).clamp(min=0).bmm(stacked_w2)  # (K, N_held, D_out)
         mse = (y_pred - y_held).pow(2).mean(dim=(1, 2)).tolist()
@@ -203,6 +194,41 @@ def search_lr(
         "fit_rows": len(fit),
         "held_out_rows": len(held),
     }
+
+
+@torch.no_grad()
+def stacked_update(
+    w1: torch.Tensor, w2: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lr: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The seed's update for K networks at once, in place: one batched kernel per operation for all of them.
+
+    The seed's tensor section (forward, then the gradients of the summed loss written out: no
+    autograd, half the kernels), with ``bmm`` over the stacked weights and ``w -= lr * grad`` with
+    each member's lr. Not bitwise equal to K separate updates: ``bmm`` may sum in another order
+    than ``mm``.
+
+    Args:
+        w1: ``(K, D_in, H)``, updated in place.
+        w2: ``(K, H, D_out)``, updated in place.
+        x: ``(N, D_in)`` shared by all members, or ``(K, N, D_in)`` one batch each.
+        y: ``(N, D_out)`` or ``(K, N, D_out)``.
+        lr: ``(K, 1, 1)``, each member's learning rate.
+
+    Returns:
+        Each member's loss ``(K,)`` and predictions ``(K, N, D_out)``, from before the update.
+    """
+    h = torch.matmul(x, w1)  # (K, N, H)
+    h_relu = h.clamp(min=0)  # (K, N, H)
+    y_pred = h_relu.bmm(w2)  # (K, N, D_out)
+    diff = y_pred - y  # (K, N, D_out)
+    loss = diff.pow(2).sum(dim=(1, 2))  # (K,)
+    grad_y_pred = 2.0 * diff  # (K, N, D_out)
+    grad_w2 = h_relu.transpose(1, 2).bmm(grad_y_pred)  # (K, H, D_out)
+    grad_h = torch.where(h < 0, 0.0, grad_y_pred.bmm(w2.transpose(1, 2)))  # (K, N, H)
+    grad_w1 = torch.matmul(x.transpose(-1, -2), grad_h)  # (K, D_in, H)
+    w1 -= lr * grad_w1  # the seed's update, one lr per member
+    w2 -= lr * grad_w2
+    return loss, y_pred
 
 
 def _batches(num_rows: int, batch_size: int | None, seed: int, device: torch.device) -> Iterator[torch.Tensor | None]:

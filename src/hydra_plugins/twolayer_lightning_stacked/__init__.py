@@ -1,0 +1,1 @@
+"""Hydra's launcher ``hydra/launcher=stacked``: a sweep's jobs that differ only in lr and seed as one fit."""

@@ -1,0 +1,173 @@
+"""``python train.py -m hydra/launcher=stacked optim.lr=1e-7,5e-7,1e-6,2e-6 seed=0,1,2``
+
+Hydra finds this launcher in the ``hydra_plugins`` namespace package (shipped in the
+twolayer-lightning wheel). It composes every job of the sweep, groups the jobs whose configs
+differ only in ``optim.lr`` and ``seed``, and trains each group as one Lightning fit
+(:mod:`twolayer_lightning.stacked`); jobs that cannot be stacked (another mode, a resume,
+several devices, mini-batches, validation rows, periodic checkpoints, ``update_path`` lightning or
+cuda_graph) and groups of one run one at a time, as Hydra's basic launcher runs them. Every job
+gets its own job dir, log file and return value for the sweeper either way.
+
+This module imports only Hydra at import time: Hydra imports every plugin when any app starts
+(and runs it outside ``sys.modules``, so no ``from __future__ import annotations`` here: the
+dataclass below needs its annotations evaluated).
+"""
+
+import functools
+import logging
+import math
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, open_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StackedLauncherConf:
+    _target_: str = "hydra_plugins.twolayer_lightning_stacked.stacked_launcher.StackedLauncher"
+    # true: each member runs its single job's kernels on its own tensors, bitwise equal to that job;
+    # false: one batched program (bmm) for the whole group, faster and within a tested tolerance
+    exact: bool = True
+    # a stacked fit may take this share of the device's free memory; a larger group is split into fits that fit
+    memory_fraction: float = 0.5
+
+
+ConfigStore.instance().store(
+    group="hydra/launcher", name="stacked", node=StackedLauncherConf, provider="twolayer-lightning"
+)
+
+
+class StackedLauncher(Launcher):
+    """Launches a sweep's jobs, stacking those that differ only in ``optim.lr`` and ``seed`` into one fit."""
+
+    def __init__(self, exact: bool = True, memory_fraction: float = 0.5) -> None:
+        super().__init__()
+        if not 0 < memory_fraction <= 1:
+            raise ValueError(
+                f"hydra.launcher.memory_fraction={memory_fraction!r} is not allowed; use a number in (0, 1]"
+            )
+        self.exact = exact
+        self.memory_fraction = memory_fraction
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.task_function = task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from twolayer_lightning import stacked  # here, not at import: see the module's docstring
+
+        setup_globals()
+        assert self.config is not None and self.hydra_context is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        mode = "exact" if self.exact else "batched"
+        log.info(f"Launching {len(job_overrides)} jobs locally, stacked ({mode})")
+        configs = []
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+            config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(config):
+                config.hydra.job.id = idx
+                config.hydra.job.num = idx
+            configs.append(config)
+        returns: list[JobReturn | None] = [None] * len(configs)
+        groups: dict[str, list[int]] = {}
+        for i, config in enumerate(configs):
+            why = stacked.why_alone(config)
+            if why is not None:
+                log.info(f"\t#{initial_job_idx + i} runs on its own: {why}")
+                groups[f"alone {i}"] = [i]
+            else:
+                groups.setdefault(stacked.group_key(config), []).append(i)
+        for group in groups.values():
+            if len(group) == 1:
+                returns[group[0]] = self._run(configs[group[0]], self.task_function)
+            else:
+                self._launch_group([configs[i] for i in group], group, returns)
+        return returns  # type: ignore[return-value]
+
+    def _run(self, config: DictConfig, task_function: Any) -> JobReturn:
+        """One job as Hydra's basic launcher runs it: its job dir, log file and config files, then the task."""
+        ret = run_job(
+            hydra_context=self.hydra_context,
+            task_function=task_function,
+            config=config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return ret
+
+    def _launch_group(self, configs: list[DictConfig], indices: list[int], returns: list[JobReturn | None]) -> None:
+        """Prepare every member in its own job (a bad one fails alone), fit them together, finish each in its job."""
+        from twolayer_lightning import stacked
+        from twolayer_lightning.cli import _signals_held, describe_error, summarize_sweep
+        from twolayer_lightning.config import ConfigError
+        from twolayer_lightning.data import DataError
+
+        members: list[tuple[int, Any]] = []  # (index into returns, Member)
+
+        def prepare(cfg: DictConfig) -> Any:
+            try:
+                return stacked.prepare(cfg)
+            except (ConfigError, DataError) as err:
+                log.error("job failed: %s", describe_error(err))  # as a single job in a sweep: +inf, the rest go on
+                return math.inf
+
+        for i, config in zip(indices, configs, strict=True):
+            ret = self._run(config, prepare)
+            if isinstance(ret.return_value, stacked.Member):
+                members.append((i, ret.return_value))
+            else:
+                returns[i] = ret
+        if not members:
+            return
+        try:
+            accelerator = members[0][1].cfg.trainer.accelerator
+            free = stacked.free_memory(accelerator)
+            parts = stacked.chunks([m for _, m in members], self.exact, free, self.memory_fraction)
+            position = 0
+            for part in parts:
+                log.info(f"stacked fit of {len(part)} jobs")
+                fit = stacked.fit_stacked(part, self.exact)
+                with _signals_held() as held:  # the files of every member are written before a signal acts
+                    for member in part:
+                        i = members[position][0]
+                        position += 1
+                        returns[i] = self._run(
+                            configs[indices.index(i)],
+                            functools.partial(_finish, stacked.finish, member, len(part), self.exact, fit),
+                        )
+                signum = fit.interrupted or (held[0] if held else None)
+                if signum:
+                    # As a single job: a signal ends the whole sweep, after summarizing what ran.
+                    summarize_sweep(self.config.hydra.sweep.dir)
+                    print(
+                        f"error: interrupted by {signal.Signals(signum).name}: the stacked fit's {len(part)} jobs "
+                        f"saved their last.ckpt; resume one with `python train.py hydra.run.dir=<its job dir> "
+                        "ckpt_path=last <its overrides>`",
+                        file=sys.stderr,
+                    )
+                    raise SystemExit(128 + signum)
+        finally:
+            for _, member in members:
+                member.lock.release()  # no-op for the members that finished
+
+
+def _finish(finish: Any, member: Any, group_size: int, exact: bool, fit: Any, cfg: DictConfig) -> float:
+    """The task of a member's second job: ``stacked.finish`` (the config is the member's, already read)."""
+    return finish(member, group_size, exact, fit)

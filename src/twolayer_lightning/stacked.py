@@ -1,0 +1,496 @@
+"""A sweep's jobs that differ only in ``optim.lr`` and ``seed``, trained together as one Lightning fit.
+
+The launcher ``hydra/launcher=stacked`` (``hydra_plugins.twolayer_lightning_stacked``) groups a
+sweep's jobs and runs each group in three phases, each member inside its own Hydra job:
+:func:`prepare` checks and locks the member's run dir and draws its data and network exactly as
+its single run would; :func:`fit_stacked` trains all members of the group in one fit of a
+:class:`StackedFit`; :func:`finish` writes the member's run dir as :func:`~twolayer_lightning.train`
+would: ``metrics.json`` (with ``launcher: stacked``, ``group_size`` and ``stacked_mode``),
+``last.ckpt`` (a plain :class:`LitTwoLayerNet` checkpoint: it resumes and predicts with the usual
+commands), the logger's files and ``loss.png``.
+
+Two modes:
+
+- exact (the default): each member's update runs the very kernels its single run runs, on its own
+  tensors (the update path its single run takes: ``handwritten`` on a CPU, ``direct`` on a GPU), so
+  every member's losses and weights are ``torch.equal`` to its single run's. The gain is the
+  per-job cost (composition, Trainer, start-up) paid once per group.
+- batched: one program for all members, ``bmm`` over the stacked weights with the seed's
+  hand-written gradients: one kernel per operation for the whole group. The sums inside ``bmm``
+  run in another order than ``mm``'s, so the numbers are not bitwise those of the single run
+  (the tests bound the difference).
+
+A member whose loss turns inf or nan stops updating at that step and records ``status:
+diverged``; the others go on as if it had not been there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf
+
+from twolayer_lightning.checkpoints import AtomicCheckpointIO, StopOnSignal
+from twolayer_lightning.cli import (
+    CHECKPOINT_FILE,
+    _choose_lr,
+    _diverged_message,
+    _fit_metrics,
+    _isolated_global_state,
+    _make_data,
+    _make_logger,
+    _new_model,
+    _output_dir,
+    _package_version,
+    _versions,
+    _write_metrics,
+)
+from twolayer_lightning.config import updates_per_step, validate
+from twolayer_lightning.data import FileRegressionData, SyntheticRegressionData
+from twolayer_lightning.model import sum_squared_error
+from twolayer_lightning.module import LitTwoLayerNet, handwritten_update, live_rows_per_unit
+from twolayer_lightning.optim import InPlaceSGD, stacked_update
+from twolayer_lightning.report import plot_run
+from twolayer_lightning.rundir import RunDirLock
+
+log = logging.getLogger(__name__)
+
+# The keys in which the jobs of one group may differ; everything else must be equal.
+MEMBER_KEYS = ("optim.lr", "seed")
+
+
+def why_alone(cfg: DictConfig) -> str | None:
+    """Why a job cannot be a member of a stacked fit (it then runs on its own, as usual), or None."""
+    data = cfg.data
+    reasons = (
+        (cfg.mode != "train", f"mode={cfg.mode}"),
+        (cfg.ckpt_path is not None, "it resumes a checkpoint"),
+        (
+            cfg.trainer.strategy != "auto" or cfg.trainer.devices != 1 or cfg.trainer.num_nodes != 1,
+            "it runs on several devices or processes",
+        ),
+        (data.kind == "files" and data.batch_size is not None, "mini-batches (data.batch_size)"),
+        (data.kind == "files" and bool(data.val_fraction), "validation rows (data.val_fraction)"),
+        (bool(cfg.trainer.checkpoint_every_n_steps), "periodic checkpoints (trainer.checkpoint_every_n_steps)"),
+        (
+            cfg.trainer.update_path in ("lightning", "cuda_graph"),
+            f"trainer.update_path={cfg.trainer.update_path}",
+        ),
+    )
+    return next((why for applies, why in reasons if applies), None)
+
+
+def group_key(cfg: DictConfig) -> str:
+    """What the jobs of one group share: the composed config without Hydra's node and :data:`MEMBER_KEYS`."""
+    content = OmegaConf.to_container(cfg, resolve=False)
+    content.pop("hydra", None)
+    for key in MEMBER_KEYS:
+        *parents, last = key.split(".")
+        node = content
+        for parent in parents:
+            node = node.get(parent, {})
+        node.pop(last, None)
+    return repr(content)
+
+
+@dataclass
+class Member:
+    """One job of a stacked fit: its config, run dir, data and network, and what the fit made of it."""
+
+    cfg: DictConfig
+    out: Path
+    lock: RunDirLock
+    data: SyntheticRegressionData | FileRegressionData
+    model: LitTwoLayerNet
+    lr_search: dict[str, Any] | None
+    global_step: int = 0  # the updates this member ran (fewer than the group's when it diverged)
+    rows: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # (step, metrics) for its logger
+    lines: list[str] = field(default_factory=list)  # its `step t  loss` lines, for its log file
+
+
+def prepare(cfg: DictConfig) -> Member:
+    """Check and lock the job's run dir, and draw its data and network as its single run would.
+
+    Raises:
+        ConfigError, DataError: as :func:`~twolayer_lightning.train` would for this config; nothing
+            is left locked then.
+    """
+    validate(cfg)
+    out = _output_dir(cfg).absolute()  # resolved now, inside the job (it reads Hydra's job config)
+    lock = RunDirLock(out)
+    lock.acquire()
+    try:
+        with _isolated_global_state():
+            generator = torch.Generator().manual_seed(cfg.seed)
+            data = _make_data(cfg, generator)
+            lr, lr_search = _choose_lr(cfg, data, generator, None)
+            model = _new_model(cfg, data, generator, lr, updates_per_step(cfg))
+        model.take_data(data)
+        out.mkdir(parents=True, exist_ok=True)
+    except BaseException:
+        lock.release()
+        raise
+    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    resolved.output_dir = str(out)
+    return Member(resolved, out, lock, data, model, lr_search)
+
+
+def member_bytes(member: Member, exact: bool) -> tuple[int, int]:
+    """(bytes each member keeps for the whole fit, bytes of the work space of one update): an estimate.
+
+    Kept: weights, and data of its own. The work space (activations, gradients) is one member's in
+    exact mode, where members update one after the other, and every member's in batched mode.
+    """
+    n, d_in = member.data.x.shape
+    h, d_out = member.model.hparams.hidden_features, member.data.y.shape[1]
+    size = 8 if str(member.cfg.trainer.precision).startswith("64") else 4
+    kept = size * (d_in * h + h * d_out + n * d_in + n * d_out)
+    work = size * (d_in * h + h * d_out + 3 * n * h + 3 * n * d_out)
+    return kept, work
+
+
+def chunks(members: Sequence[Member], exact: bool, free_bytes: int, fraction: float) -> list[list[Member]]:
+    """The members split into fits that each need at most ``fraction`` of ``free_bytes`` (one member at least)."""
+    kept, work = member_bytes(members[0], exact)
+    budget = fraction * free_bytes
+    per_member = kept + (0 if exact else work)
+    size = max(1, int((budget - (work if exact else 0)) // per_member)) if per_member else len(members)
+    if size < len(members):
+        log.info(
+            "stacked: a group of %d jobs needs about %.2f GiB (weights, data and gradients), more than %.0f%% of the "
+            "%.2f GiB free: it is trained as %d fits of at most %d",
+            len(members),
+            (len(members) * per_member + (work if exact else 0)) / 2**30,
+            100 * fraction,
+            free_bytes / 2**30,
+            math.ceil(len(members) / size),
+            size,
+        )
+    return [list(members[i : i + size]) for i in range(0, len(members), size)]
+
+
+def free_memory(accelerator: str) -> int:
+    """Free bytes of the device a fit with ``accelerator`` would use: the GPU's, else the machine's available RAM."""
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.cuda.mem_get_info()[0]
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2**62  # unknown: do not split
+
+
+class _StackedData(L.LightningDataModule):
+    """Every member's full batch, the same tensors every step (moved to the device once)."""
+
+    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        super().__init__()
+        self.batches = batches
+
+    def train_dataloader(self) -> itertools.repeat:
+        device = self.trainer.strategy.root_device
+        return itertools.repeat(tuple((x.to(device), y.to(device)) for x, y in self.batches))
+
+
+class StackedFit(L.LightningModule):
+    """The members' networks, trained together: every training step runs each live member's updates.
+
+    ``global_step`` counts updates as in a single run (every member takes the same ones), and the
+    steps, reports and divergence checks happen where a single run of the members' config has
+    them, so that each member's logged rows and checkpoint are those of its single run.
+
+    Args:
+        members: the members' networks, each built as its single run builds it.
+        exact: per-member updates (bitwise those of the single runs) or one batched program.
+        updates_per_step: seed updates per training step, as the single runs have them.
+    """
+
+    def __init__(self, members: Sequence[LitTwoLayerNet], exact: bool, updates_per_step: int) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.members = torch.nn.ModuleList(members)
+        self.exact = exact
+        self.updates_per_step = updates_per_step
+        self.steps = [0] * len(members)  # updates each member has run
+        self.live = list(range(len(members)))  # members still updating
+        self.path = ""  # the per-member update: handwritten or direct (exact), batched
+        self._pending: list[tuple[tuple[int, ...], torch.Tensor]] = []  # (members, their losses) per update
+        self._stacked: tuple[torch.Tensor, ...] | None = None  # batched: w1, w2, x, y, lr stacked
+        self._optimizers: list[InPlaceSGD] = []  # exact, direct: each member's update
+        self._last: list[torch.Tensor | None] = [None] * len(members)  # each member's last predictions
+        self.rows: list[list[tuple[int, dict[str, float]]]] = [[] for _ in members]  # each member's logger rows
+        self.lines: list[list[str]] = [[] for _ in members]  # each member's `step t  loss` lines
+
+    def configure_optimizers(self) -> InPlaceSGD:
+        # One group per member, with its lr: what Lightning counts steps on (the updates themselves
+        # run below, per member or batched).
+        return InPlaceSGD([{"params": list(m.net.named_parameters()), "lr": m.hparams.lr} for m in self.members])
+
+    def on_train_start(self) -> None:
+        asked = self.members[0].hparams.update_path
+        if not self.exact:
+            self.path = "batched"
+        elif asked == "handwritten" or (asked == "auto" and self.device.type == "cpu"):
+            self.path = "handwritten"  # what the single run takes (LitTwoLayerNet._settle_path)
+        else:
+            self.path = "direct"
+            self._optimizers = [InPlaceSGD(m.net.named_parameters(), lr=m.hparams.lr) for m in self.members]
+        for member in self.members:
+            member._path = self.path
+            member.losses = []
+
+    def training_step(self, batch: tuple[tuple[torch.Tensor, torch.Tensor], ...], batch_idx: int) -> None:
+        start = self.global_step
+        updates = min(self.updates_per_step, self.trainer.max_steps - start)
+        check_each = self.device.type == "cpu"  # as a single run: every loss on a CPU, each interval elsewhere
+        optimizer = self.optimizers()
+        stopping = False
+        for _ in range(updates):
+            optimizer._on_before_step()  # counts the update in global_step, as LitTwoLayerNet's paths do
+            members, losses = self._update(batch)
+            optimizer._on_after_step()
+            self._pending.append((members, losses))
+            for k in self.live:
+                self.steps[k] += 1
+            if check_each:
+                for k, value in zip(members, losses.tolist(), strict=True):
+                    if not math.isfinite(value) and k in self.live:
+                        self.live.remove(k)  # it stops here; the report records where
+            if not self.live:
+                break
+            if self.trainer.received_sigterm:
+                stopping = True  # SIGTERM or Ctrl-C: stop after this update (Lightning ends the fit after the step)
+                break
+        every = self.trainer.log_every_n_steps
+        crossed = every > 0 and self.global_step // every > start // every
+        if crossed or stopping or not self.live or self.global_step >= self.trainer.max_steps:
+            self._report(batch)
+        if not self.live:
+            self.trainer.should_stop = True
+
+    def _update(self, batch: tuple[tuple[torch.Tensor, torch.Tensor], ...]) -> tuple[tuple[int, ...], torch.Tensor]:
+        """One update of every live member; returns which members and their losses (before the update)."""
+        if self.path == "batched":
+            if self._stacked is None:
+                self._stack(batch)
+            w1, w2, x, y, lr = self._stacked
+            losses, y_pred = stacked_update(w1, w2, x, y, lr)
+            for k in range(len(self.members)):
+                self._last[k] = y_pred[k]
+            return tuple(range(len(self.members))), losses  # a diverged member's later values are ignored
+        members = tuple(self.live)
+        losses = []
+        for k in members:
+            net, (x, y) = self.members[k].net, batch[k]
+            if self.path == "handwritten":
+                lr = self.members[k].hparams.lr
+                loss, y_pred = handwritten_update(net.w1, net.w2, x, y, lr, lr)
+            else:
+                y_pred = net.seed_forward(x)
+                loss = sum_squared_error(y_pred, y)
+                loss.backward()
+                self._optimizers[k].update()  # w -= lr * w.grad; w.grad.zero_()
+                loss, y_pred = loss.detach(), y_pred.detach()
+            losses.append(loss)
+            self._last[k] = y_pred
+        return members, torch.stack(losses)
+
+    def _stack(self, batch: tuple[tuple[torch.Tensor, torch.Tensor], ...]) -> None:
+        xs, ys = [x for x, _ in batch], [y for _, y in batch]
+        same_data = all(x is xs[0] or torch.equal(x, xs[0]) for x in xs) and all(torch.equal(y, ys[0]) for y in ys)
+        x, y = (xs[0], ys[0]) if same_data else (torch.stack(xs), torch.stack(ys))  # (N, D) is broadcast
+        w1 = torch.stack([m.net.w1.detach() for m in self.members])  # (K, D_in, H)
+        w2 = torch.stack([m.net.w2.detach() for m in self.members])  # (K, H, D_out)
+        lr = torch.tensor([m.hparams.lr for m in self.members], dtype=w1.dtype, device=w1.device).view(-1, 1, 1)
+        self._stacked = (w1, w2, x, y, lr)
+
+    def on_train_end(self) -> None:
+        if self._stacked is not None:
+            with torch.no_grad():  # the trained weights back into the members' networks
+                for k, member in enumerate(self.members):
+                    member.net.w1.copy_(self._stacked[0][k])
+                    member.net.w2.copy_(self._stacked[1][k])
+            self._stacked = None
+
+    def _report(self, batch: tuple[tuple[torch.Tensor, torch.Tensor], ...]) -> None:
+        """Bring the pending losses to the host (one sync), give each member its rows and stop diverged ones."""
+        if not self._pending:
+            return
+        values = torch.cat([losses for _, losses in self._pending]).cpu().tolist()
+        first_t = self.global_step - len(self._pending)
+        fresh: dict[int, list[tuple[int, float]]] = {}  # member -> its (step, loss) of this interval
+        position = 0
+        for i, (members, losses) in enumerate(self._pending):
+            for k, value in zip(members, values[position : position + len(losses)], strict=True):
+                member = self.members[k]
+                if member.diverged_at is None:
+                    fresh.setdefault(k, []).append((first_t + i, value))
+                    member.losses.append(value)
+                    if not math.isfinite(value):
+                        member.diverged_at = first_t + i
+            position += len(losses)
+        self._pending = []
+        for k, rows in fresh.items():
+            member = self.members[k]
+            if member.diverged_at is not None and k in self.live:
+                self.live.remove(k)  # found here (not on a CPU): it stops at this interval's end, as a single run
+            extra = {}
+            if member.diverged_at is None:
+                member._last = (*batch[k], self._last[k])
+                extra = member._train_metrics()
+            self.rows[k].extend(
+                (t, {"train_loss": value, **(extra if j == len(rows) - 1 else {})}) for j, (t, value) in enumerate(rows)
+            )
+            self.lines[k].append(f"step {rows[-1][0]}  loss {rows[-1][1]!r}")
+        finite = [v for v in (self.members[k].last_loss for k in fresh) if math.isfinite(v)]
+        log.info(
+            "step %d  %d of %d members training%s",
+            self.global_step - 1,
+            len(self.live),
+            len(self.members),
+            f", loss {min(finite):.4g} to {max(finite):.4g}" if finite else "",
+        )
+
+
+@dataclass
+class StackedResult:
+    """What a stacked fit leaves for :func:`finish`."""
+
+    trainer: L.Trainer
+    checkpoint: dict[str, Any]  # the fit's checkpoint (loop state, stamp); each member's is made from it
+    interrupted: int | None  # the signal that stopped the fit, or None
+    seconds: float  # the whole fit's wall time
+
+
+def fit_stacked(members: Sequence[Member], exact: bool) -> StackedResult:
+    """Train ``members`` (one group: their configs differ only in :data:`MEMBER_KEYS`) in one fit.
+
+    Each member's network, losses, steps, rows and lines are filled in.
+    """
+    cfg = members[0].cfg
+    module = StackedFit([m.model for m in members], exact, updates_per_step(cfg))
+    batches = [
+        m.data.training_rows if isinstance(m.data, FileRegressionData) else (m.data.x, m.data.y) for m in members
+    ]
+    stopper = StopOnSignal(_package_version())
+    interrupted = None
+    with _isolated_global_state():
+        trainer = L.Trainer(
+            accelerator=cfg.trainer.accelerator,
+            devices=1,
+            precision=cfg.trainer.precision,
+            max_steps=cfg.trainer.max_steps,
+            log_every_n_steps=cfg.trainer.log_every_n_steps,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            logger=False,
+            callbacks=[stopper],
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=members[0].out,
+        )
+        started = time.perf_counter()
+        try:
+            trainer.fit(module, datamodule=_StackedData(batches))
+        except SIGTERMException:
+            interrupted = stopper.received or signal.SIGTERM
+        seconds = time.perf_counter() - started
+        checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)  # the loops' state
+    for k, member in enumerate(members):
+        member.global_step, member.rows, member.lines = module.steps[k], module.rows[k], module.lines[k]
+        if member.model.diverged_at is None:
+            x = batches[k][0].to(member.model.device)
+            member.model.dead_units = (live_rows_per_unit(x, member.model.net.w1) == 0).float().mean().item()
+    return StackedResult(trainer, checkpoint, interrupted, seconds)
+
+
+def finish(member: Member, group_size: int, exact: bool, fit: StackedResult) -> float:
+    """Write ``member``'s run dir as its single run would, log its lines, release its lock.
+
+    Returns:
+        The job's objective for a sweeper, as a single run's: its final loss, +inf when it diverged
+        or was interrupted.
+    """
+    cfg, out, model = member.cfg, member.out, member.model
+    trainer, interrupted, seconds = fit.trainer, fit.interrupted, fit.seconds
+    try:
+        for line in member.lines:
+            log.info("%s", line)
+        status = "interrupted" if interrupted else "ok" if model.diverged_at is None else "diverged"
+        logger = _make_logger(cfg.logger, out)
+        if logger:
+            logger.log_hyperparams(model.hparams)
+            for step, row in member.rows:
+                logger.log_metrics(row, step=step)
+            if model.diverged_at is None:
+                logger.log_metrics({"dead_units": model.dead_units}, step=member.global_step - 1)
+            logger.save()
+            logger.finalize("success" if status == "ok" else status)
+        if model.diverged_at is None:
+            model.warn_if_stalled(unscaled_data=getattr(member.data, "standardize", None) is False)
+            _save_member_checkpoint(member, fit.checkpoint, out / CHECKPOINT_FILE)
+        metrics = _fit_metrics(cfg, model, member.data, trainer, member.global_step, status, seconds)
+        metrics.update(launcher="stacked", group_size=group_size, stacked_mode="exact" if exact else "batched")
+        if interrupted:
+            metrics["signal"] = signal.Signals(interrupted).name
+        if member.lr_search is not None:
+            metrics["lr_search"] = member.lr_search
+        metrics["versions"] = _versions(trainer)
+        _write_metrics(out, metrics)
+        if cfg.logger == "csv":
+            plot_run(out)
+        if model.diverged_at is not None:
+            log.error("job failed: error: %s", _diverged_message(model, member.lr_search, member.global_step))
+            return math.inf
+        if interrupted:
+            log.error(
+                "job interrupted: %s",
+                f"interrupted by {signal.Signals(interrupted).name} after {member.global_step} updates (saved in "
+                f"{out / CHECKPOINT_FILE})",
+            )
+            return math.inf
+        log.info(
+            "done: train, %d steps, final loss %r, %.2f s in a stacked fit of %d; files in %s",
+            member.global_step,
+            model.last_loss,
+            seconds,
+            group_size,
+            out,
+        )
+        return model.last_loss
+    finally:
+        member.lock.release()
+
+
+def _save_member_checkpoint(member: Member, group: dict[str, Any], path: Path) -> None:
+    """The member's ``last.ckpt``: the fit's loop state with the member's network, optimizer and data.
+
+    It is what its single run saves (same keys, same values), so it loads as a plain
+    :class:`LitTwoLayerNet` checkpoint and resumes with ``ckpt_path``.
+    """
+    model = member.model
+    checkpoint = {key: value for key, value in group.items() if key not in ("state_dict", "_StackedData")}
+    checkpoint["state_dict"] = model.state_dict()
+    checkpoint["optimizer_states"] = [InPlaceSGD(model.net.named_parameters(), lr=model.hparams.lr).state_dict()]
+    checkpoint["hparams_name"] = "kwargs"
+    checkpoint["hyper_parameters"] = dict(model.hparams)
+    checkpoint[type(member.data).__qualname__] = member.data.state_dict()
+    model.on_save_checkpoint(checkpoint)
+    AtomicCheckpointIO().save_checkpoint(checkpoint, path)

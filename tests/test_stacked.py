@@ -1,0 +1,189 @@
+"""The stacked launcher: a sweep's jobs that differ in lr and seed, trained as one fit, each member equal to its job.
+
+The in-process tests drive the three phases of ``twolayer_lightning.stacked`` (prepare, fit, finish)
+as the launcher does, and compare every member with the single run of the same overrides
+(``twolayer_lightning.run``): every step's logged loss, the final weights, metrics.json. The slow
+test runs ``python train.py -m hydra/launcher=stacked`` itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+from pathlib import Path
+
+import hydra
+import pytest
+import torch
+
+from twolayer_lightning import run, stacked
+from twolayer_lightning.cli import CONFIG_MODULE, TrainingDivergedError
+
+STEPS = ["trainer.max_steps=60", "trainer.log_every_n_steps=20"]
+# Keys a member's metrics.json has beyond its single run's, and those that differ by nature.
+STACKED_ONLY = {"launcher", "group_size", "stacked_mode"}
+DIFFERENT = {"fit_seconds", "versions"}
+
+
+def compose(overrides: list[str], output_dir: Path):
+    with hydra.initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        return hydra.compose(config_name="config", overrides=[*overrides, f"output_dir={output_dir}"])
+
+
+def train_stacked(jobs: list[list[str]], root: Path, exact: bool = True) -> list[float]:
+    """The launcher's three phases for ``jobs`` (one group): their objectives; job i writes into root/i."""
+    members = [stacked.prepare(compose(job, root / str(i))) for i, job in enumerate(jobs)]
+    fit = stacked.fit_stacked(members, exact)
+    return [stacked.finish(member, len(members), exact, fit) for member in members]
+
+
+def train_alone(job: list[str], out: Path) -> None:
+    with contextlib.suppress(TrainingDivergedError):  # metrics.json records it
+        run(job, output_dir=out)
+
+
+def rows(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "csv" / "metrics.csv").open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [float(row["train_loss"]) for row in rows(run_dir) if row["train_loss"]]
+
+
+def metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "last.ckpt", weights_only=True)["state_dict"]
+
+
+def assert_same_run(member: Path, alone: Path) -> None:
+    """Every logged value (the CSV, text for text) and metrics.json equal; the weights torch.equal."""
+    assert rows(member) == rows(alone)
+    got, want = metrics(member), metrics(alone)
+    assert {k: v for k, v in got.items() if k not in STACKED_ONLY | DIFFERENT} == {
+        k: v for k, v in want.items() if k not in DIFFERENT
+    }
+    if want["status"] == "ok":
+        for name, tensor in weights(alone).items():
+            assert torch.equal(weights(member)[name], tensor), name
+
+
+@pytest.mark.parametrize("path", ["auto", "direct"])
+def test_exact_members_equal_their_single_runs(tmp_path: Path, path: str) -> None:
+    jobs = [
+        [f"optim.lr={lr}", f"seed={seed}", f"trainer.update_path={path}", *STEPS]
+        for lr in (1e-6, 2e-6)
+        for seed in (0, 1)
+    ]
+    objectives = train_stacked(jobs, tmp_path / "stacked")
+    for i, job in enumerate(jobs):
+        train_alone(job, tmp_path / "alone" / str(i))
+        assert_same_run(tmp_path / "stacked" / str(i), tmp_path / "alone" / str(i))
+        member = metrics(tmp_path / "stacked" / str(i))
+        assert (member["launcher"], member["group_size"], member["stacked_mode"]) == ("stacked", 4, "exact")
+        assert objectives[i] == member["train_loss"]
+    assert len({metrics(tmp_path / "stacked" / str(i))["train_loss"] for i in range(4)}) == 4  # four different runs
+
+
+def test_a_diverging_member_stops_alone(tmp_path: Path) -> None:
+    good = [["optim.lr=1e-6", *STEPS], ["optim.lr=5e-7", "seed=3", *STEPS]]
+    bad = ["optim.lr=1e-3", *STEPS]
+    objectives = train_stacked([good[0], bad, good[1]], tmp_path / "stacked")
+    train_alone(bad, tmp_path / "alone-bad")
+    diverged = metrics(tmp_path / "stacked" / "1")
+    assert diverged["status"] == "diverged" and objectives[1] == math.inf
+    assert not (tmp_path / "stacked" / "1" / "last.ckpt").exists()  # as its single run: no checkpoint of nan weights
+    assert_same_run(tmp_path / "stacked" / "1", tmp_path / "alone-bad")  # same step, same rows
+    for i, job in zip((0, 2), good, strict=True):
+        train_alone(job, tmp_path / "alone" / str(i))
+        assert_same_run(tmp_path / "stacked" / str(i), tmp_path / "alone" / str(i))
+        assert metrics(tmp_path / "stacked" / str(i))["global_step"] == 60
+
+
+def test_batched_members_are_within_tolerance_of_their_single_runs(tmp_path: Path) -> None:
+    jobs = [[f"optim.lr={lr}", f"seed={seed}", *STEPS] for lr in (5e-7, 1e-6) for seed in (0, 1)]
+    train_stacked(jobs, tmp_path / "stacked", exact=False)
+    for i, job in enumerate(jobs):
+        train_alone(job, tmp_path / "alone" / str(i))
+        got, want = (losses(tmp_path / kind / str(i)) for kind in ("stacked", "alone"))
+        assert len(got) == len(want) == 60
+        assert got[0] == want[0]  # the same start: same data, same initial weights
+        # Over the steps where the loss is still above 1e-3 of its start (the tail of a converged run is
+        # rounding noise): bmm sums in another order than mm, and the difference grows with the steps.
+        relative = [abs(g - w) / w for g, w in zip(got, want, strict=True) if w > 1e-3 * want[0]]
+        assert max(relative) < 1e-3
+        member, alone = weights(tmp_path / "stacked" / str(i)), weights(tmp_path / "alone" / str(i))
+        for name, tensor in alone.items():
+            scale = tensor.abs().max()
+            assert (member[name] - tensor).abs().max() <= 1e-4 * scale, name
+        assert metrics(tmp_path / "stacked" / str(i))["stacked_mode"] == "batched"
+
+
+def test_a_member_checkpoint_resumes_as_its_single_run(tmp_path: Path) -> None:
+    jobs = [["optim.lr=1e-6", *STEPS], ["optim.lr=2e-6", *STEPS]]
+    train_stacked(jobs, tmp_path / "stacked")
+    longer = ["optim.lr=1e-6", "trainer.max_steps=100", "trainer.log_every_n_steps=20"]
+    run([*longer, f"ckpt_path={tmp_path / 'stacked' / '0' / 'last.ckpt'}"], output_dir=tmp_path / "resumed")
+    run(longer, output_dir=tmp_path / "alone")
+    assert metrics(tmp_path / "resumed")["train_loss"] == metrics(tmp_path / "alone")["train_loss"]
+    for name, tensor in weights(tmp_path / "alone").items():
+        assert torch.equal(weights(tmp_path / "resumed")[name], tensor), name
+
+
+def test_only_lr_and_seed_may_differ_within_a_group(tmp_path: Path) -> None:
+    base = compose(["optim.lr=1e-6", "seed=0"], tmp_path)
+    assert stacked.group_key(base) == stacked.group_key(compose(["optim.lr=3e-6", "seed=7"], tmp_path))
+    assert stacked.group_key(base) != stacked.group_key(compose(["model.hidden_features=50"], tmp_path))
+    assert stacked.why_alone(base) is None
+    assert "mini-batches" in stacked.why_alone(
+        compose(["data=files", "data.x_path=x.npy", "data.batch_size=8"], tmp_path)
+    )
+    assert "update_path" in stacked.why_alone(compose(["trainer.update_path=lightning"], tmp_path))
+    assert "several" in stacked.why_alone(compose(["trainer=ddp"], tmp_path))
+
+
+def test_a_group_larger_than_memory_is_split(tmp_path: Path) -> None:
+    members = [stacked.prepare(compose([f"seed={seed}"], tmp_path / str(seed))) for seed in range(5)]
+    try:
+        kept, work = stacked.member_bytes(members[0], exact=True)
+        assert stacked.chunks(members, True, free_bytes=10**12, fraction=0.5) == [members]
+        # Room for two members' weights and data, and one update's work space.
+        parts = stacked.chunks(members, True, free_bytes=2 * (2 * kept + work), fraction=0.5)
+        assert [len(part) for part in parts] == [2, 2, 1]
+        assert [m for part in parts for m in part] == members
+        parts = stacked.chunks(members, False, free_bytes=2 * 3 * (kept + work), fraction=0.5)  # batched: all of it
+        assert [len(part) for part in parts] == [3, 2]
+    finally:
+        for member in members:
+            member.lock.release()
+
+
+@pytest.mark.slow
+def test_stacked_sweep_from_the_command_line(tmp_path: Path, train_py) -> None:
+    """One command: per-job dirs and a summary as any sweep's; a bad job fails alone; a job of other
+    settings runs on its own."""
+    sweep = tmp_path / "sweep"
+    result = train_py(
+        "-m",
+        "hydra/launcher=stacked",
+        "optim.lr=1e-6,-1,2e-6",
+        "model.hidden_features=100,50",
+        "trainer.max_steps=30",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert sorted(row["status"] for row in summary) == ["failed", "failed", "ok", "ok", "ok", "ok"]
+    for job in sweep.iterdir():
+        if not job.is_dir() or not (job / "metrics.json").exists():
+            continue
+        done = metrics(job)
+        assert done["launcher"] == "stacked" and done["group_size"] == 2  # lr 1e-6 and 2e-6 of each hidden size
+        assert (job / "last.ckpt").is_file() and (job / "loss.png").is_file() and (job / ".hydra").is_dir()
+    failed = [row for row in summary if row["status"] == "failed"]
+    assert all("optim.lr" in row["error"] for row in failed), failed
