@@ -12,6 +12,11 @@ import contextlib
 import csv
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -20,6 +25,8 @@ import torch
 
 from twolayer_lightning import run, stacked
 from twolayer_lightning.cli import CONFIG_MODULE, TrainingDivergedError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 STEPS = ["trainer.max_steps=60", "trainer.log_every_n_steps=20"]
 # Keys a member's metrics.json has beyond its single run's, and those that differ by nature.
@@ -187,3 +194,46 @@ def test_stacked_sweep_from_the_command_line(tmp_path: Path, train_py) -> None:
         assert (job / "last.ckpt").is_file() and (job / "loss.png").is_file() and (job / ".hydra").is_dir()
     failed = [row for row in summary if row["status"] == "failed"]
     assert all("optim.lr" in row["error"] for row in failed), failed
+
+
+@pytest.mark.slow
+def test_a_signal_stops_the_stacked_fit_and_each_member_resumes_bitwise(tmp_path: Path) -> None:
+    every = ["trainer.log_every_n_steps=200"]  # 200 updates per training step
+    sweep = tmp_path / "sweep"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "train.py",
+            "-m",
+            "hydra/launcher=stacked",
+            "optim.lr=1e-6,1e-3,5e-7",  # job 1 diverges at once, before the signal
+            "trainer.max_steps=1000000",
+            *every,
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    for line in process.stdout:
+        if " members training" in line:  # the stacked fit's first report: training is under way
+            time.sleep(0.5)
+            os.kill(process.pid, signal.SIGTERM)
+            break
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 143, output[-3000:]
+    assert "Traceback" not in output
+    statuses = [metrics(sweep / str(i))["status"] for i in range(3)]
+    assert statuses == ["interrupted", "diverged", "interrupted"]
+    stopped = metrics(sweep / "0")["global_step"]
+    assert metrics(sweep / "2")["global_step"] == stopped and len(losses(sweep / "0")) == stopped
+    assert not (sweep / "1" / "last.ckpt").exists()
+    total = stopped + 100
+    run([*every, "optim.lr=1e-6", f"trainer.max_steps={total}", "ckpt_path=last"], output_dir=sweep / "0")
+    run([*every, "optim.lr=1e-6", f"trainer.max_steps={total}"], output_dir=tmp_path / "whole")
+    # Every step once, the same losses (the interrupted step's row has the train metrics of a report, as in a
+    # single run that is interrupted).
+    assert losses(sweep / "0") == losses(tmp_path / "whole")
+    for name, tensor in weights(tmp_path / "whole").items():
+        assert torch.equal(weights(sweep / "0")[name], tensor), name

@@ -415,7 +415,7 @@ def fit_stacked(members: Sequence[Member], exact: bool) -> StackedResult:
         checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)  # the loops' state
     for k, member in enumerate(members):
         member.global_step, member.rows, member.lines = module.steps[k], module.rows[k], module.lines[k]
-        if member.model.diverged_at is None:
+        if member.model.diverged_at is None and interrupted is None:  # as a single run: at the end of a whole fit
             x = batches[k][0].to(member.model.device)
             member.model.dead_units = (live_rows_per_unit(x, member.model.net.w1) == 0).float().mean().item()
     return StackedResult(trainer, checkpoint, interrupted, seconds)
@@ -433,22 +433,24 @@ def finish(member: Member, group_size: int, exact: bool, fit: StackedResult) -> 
     try:
         for line in member.lines:
             log.info("%s", line)
-        status = "interrupted" if interrupted else "ok" if model.diverged_at is None else "diverged"
+        # A member that diverged had stopped before any signal came: as its single run, it is diverged.
+        status = "diverged" if model.diverged_at is not None else "interrupted" if interrupted else "ok"
         logger = _make_logger(cfg.logger, out)
         if logger:
             logger.log_hyperparams(model.hparams)
             for step, row in member.rows:
                 logger.log_metrics(row, step=step)
-            if model.diverged_at is None:
+            if not math.isnan(model.dead_units):
                 logger.log_metrics({"dead_units": model.dead_units}, step=member.global_step - 1)
             logger.save()
             logger.finalize("success" if status == "ok" else status)
         if model.diverged_at is None:
-            model.warn_if_stalled(unscaled_data=getattr(member.data, "standardize", None) is False)
+            if not interrupted:
+                model.warn_if_stalled(unscaled_data=getattr(member.data, "standardize", None) is False)
             _save_member_checkpoint(member, fit.checkpoint, out / CHECKPOINT_FILE)
         metrics = _fit_metrics(cfg, model, member.data, trainer, member.global_step, status, seconds)
         metrics.update(launcher="stacked", group_size=group_size, stacked_mode="exact" if exact else "batched")
-        if interrupted:
+        if interrupted and model.diverged_at is None:
             metrics["signal"] = signal.Signals(interrupted).name
         if member.lr_search is not None:
             metrics["lr_search"] = member.lr_search
