@@ -233,6 +233,7 @@ class StackedFit(L.LightningModule):
         self._pending: list[tuple[tuple[int, ...], torch.Tensor]] = []  # (members, their losses) per update
         self._stacked: tuple[torch.Tensor, ...] | None = None  # batched: w1, w2, x, y, lr stacked
         self._optimizers: list[InPlaceSGD] = []  # exact, direct: each member's update
+        self._weights: list[tuple[torch.Tensor, torch.Tensor, float]] = []  # each member's w1, w2 and lr
         self._last: list[torch.Tensor | None] = [None] * len(members)  # each member's last predictions
         self.rows: list[list[tuple[int, dict[str, float]]]] = [[] for _ in members]  # each member's logger rows
         self.lines: list[list[str]] = [[] for _ in members]  # each member's `step t  loss` lines
@@ -251,6 +252,8 @@ class StackedFit(L.LightningModule):
         else:
             self.path = "direct"
             self._optimizers = [InPlaceSGD(m.net.named_parameters(), lr=m.hparams.lr) for m in self.members]
+        # Looked up once: at a small table's size the update itself takes a few tens of microseconds.
+        self._weights = [(m.net.w1, m.net.w2, m.hparams.lr) for m in self.members]
         for member in self.members:
             member._path = self.path
             member.losses = []
@@ -296,13 +299,14 @@ class StackedFit(L.LightningModule):
             return tuple(range(len(self.members))), losses  # a diverged member's later values are ignored
         members = tuple(self.live)
         losses = []
+        handwritten = self.path == "handwritten"
         for k in members:
-            net, (x, y) = self.members[k].net, batch[k]
-            if self.path == "handwritten":
-                lr = self.members[k].hparams.lr
-                loss, y_pred = handwritten_update(net.w1, net.w2, x, y, lr, lr)
+            x, y = batch[k]
+            if handwritten:
+                w1, w2, lr = self._weights[k]
+                loss, y_pred = handwritten_update(w1, w2, x, y, lr, lr)
             else:
-                y_pred = net.seed_forward(x)
+                y_pred = self.members[k].net.seed_forward(x)
                 loss = sum_squared_error(y_pred, y)
                 loss.backward()
                 self._optimizers[k].update()  # w -= lr * w.grad; w.grad.zero_()
