@@ -13,9 +13,11 @@ This module imports only Hydra at import time: Hydra imports every plugin when a
 dataclass below needs its annotations evaluated).
 """
 
+import copy
 import functools
 import logging
 import math
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -24,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 log = logging.getLogger(__name__)
 
@@ -112,28 +115,47 @@ class StackedLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return ret
 
+    def _prepare(self, config: DictConfig, prepare: Any) -> Any:
+        """``prepare`` the member in its job's run dir, with Hydra's job config and log file set up as ``run_job``
+        sets them up before a task; the job itself runs later, in :func:`run_job` (its config files, callbacks,
+        return value), once the stacked fit is done."""
+        sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir")))
+        outer = HydraConfig.instance().cfg
+        HydraConfig.instance().set_config(config)  # the job's id and num, for its subdir
+        out = (sweep_dir / str(OmegaConf.select(config, "hydra.sweep.subdir"))).absolute()
+        with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
+            config.hydra.runtime.output_dir = str(out)
+        HydraConfig.instance().set_config(config)  # now with the output dir: ${hydra:runtime.output_dir}
+        out.mkdir(parents=True, exist_ok=True)
+        configure_log(config.hydra.job_logging, config.hydra.verbose)  # its train.log: what prepare logs goes there
+        task_cfg = copy.deepcopy(config)
+        with read_write(task_cfg), open_dict(task_cfg):
+            del task_cfg["hydra"]
+        cwd = os.getcwd()
+        try:
+            if config.hydra.job.chdir:
+                os.chdir(out)  # relative data paths are read from where the job runs
+            return prepare(task_cfg)
+        finally:
+            os.chdir(cwd)
+            HydraConfig.instance().cfg = outer
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+
     def _launch_group(self, configs: list[DictConfig], indices: list[int], returns: list[JobReturn | None]) -> None:
-        """Prepare every member in its own job (a bad one fails alone), fit them together, finish each in its job."""
+        """Prepare every member (a bad one fails alone, as a job of its own), fit them together, then run each
+        member's job: its files, its log lines and its return value."""
         from twolayer_lightning import stacked
         from twolayer_lightning.cli import _signals_held, describe_error, summarize_sweep
         from twolayer_lightning.config import ConfigError
         from twolayer_lightning.data import DataError
 
         members: list[tuple[int, Any]] = []  # (index into returns, Member)
-
-        def prepare(cfg: DictConfig) -> Any:
-            try:
-                return stacked.prepare(cfg)
-            except (ConfigError, DataError) as err:
-                log.error("job failed: %s", describe_error(err))  # as a single job in a sweep: +inf, the rest go on
-                return math.inf
-
         for i, config in zip(indices, configs, strict=True):
-            ret = self._run(config, prepare)
-            if isinstance(ret.return_value, stacked.Member):
-                members.append((i, ret.return_value))
-            else:
-                returns[i] = ret
+            try:
+                members.append((i, self._prepare(config, stacked.prepare)))
+            except (ConfigError, DataError) as err:
+                # As a single job of a sweep: its job dir and log with the one line, +inf, the others go on.
+                returns[i] = self._run(config, functools.partial(_fail, describe_error(err)))
         if not members:
             return
         try:
@@ -169,5 +191,11 @@ class StackedLauncher(Launcher):
 
 
 def _finish(finish: Any, member: Any, group_size: int, exact: bool, fit: Any, cfg: DictConfig) -> float:
-    """The task of a member's second job: ``stacked.finish`` (the config is the member's, already read)."""
+    """A member's task in its job: ``stacked.finish`` (the config is the member's, read when it was prepared)."""
     return finish(member, group_size, exact, fit)
+
+
+def _fail(line: str, cfg: DictConfig) -> float:
+    """The task of a member whose config or data was refused: its one line, and +inf for the sweeper."""
+    log.error("job failed: %s", line)
+    return math.inf
