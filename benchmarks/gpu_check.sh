@@ -18,7 +18,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee 
 python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)" | tee -a "$OUT/gpu.txt"
 
 # The GPU tests (parity of every update path on the GPU, CPU vs GPU bounds, cuda_graph refusals).
-timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_parity.py tests/test_reference.py \
+timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_parity.py tests/test_reference.py tests/test_stacked.py \
     2>&1 | tail -25 | tee "$OUT/pytest-gpu.txt"
 
 # The benchmark: raw loop, raw CUDA graph and the package's three paths, side by side.

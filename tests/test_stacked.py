@@ -80,13 +80,16 @@ def assert_same_run(member: Path, alone: Path) -> None:
             assert torch.equal(weights(member)[name], tensor), name
 
 
-@pytest.mark.parametrize("path", ["auto", "direct"])
-def test_exact_members_equal_their_single_runs(tmp_path: Path, path: str) -> None:
-    jobs = [
-        [f"optim.lr={lr}", f"seed={seed}", f"trainer.update_path={path}", *STEPS]
-        for lr in (1e-6, 2e-6)
-        for seed in (0, 1)
-    ]
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; this torch sees none")
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "path"),
+    [("cpu", "auto"), ("cpu", "direct"), pytest.param("gpu", "auto", marks=[pytest.mark.gpu, CUDA])],
+)
+def test_exact_members_equal_their_single_runs(tmp_path: Path, accelerator: str, path: str) -> None:
+    settings = [f"trainer.accelerator={accelerator}", f"trainer.update_path={path}", *STEPS]
+    jobs = [[f"optim.lr={lr}", f"seed={seed}", *settings] for lr in (1e-6, 2e-6) for seed in (0, 1)]
     objectives = train_stacked(jobs, tmp_path / "stacked")
     for i, job in enumerate(jobs):
         train_alone(job, tmp_path / "alone" / str(i))
