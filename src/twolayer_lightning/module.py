@@ -499,10 +499,9 @@ class _HandwrittenUpdate(_Update):
     def update(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         w1, w2 = self.net.w1, self.net.w2
         lr1, lr2 = (self.group_of[id(w)]["lr"] for w in (w1, w2))  # read each update: a resume may change it
-        return handwritten_update(w1, w2, x, y, lr1, lr2)
+        return handwritten_update(w1.detach(), w2.detach(), x, y, lr1, lr2)
 
 
-@torch.no_grad()  # the weights require grad; nothing here needs autograd
 def handwritten_update(
     w1: torch.Tensor, w2: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lr1: float, lr2: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -510,7 +509,9 @@ def handwritten_update(
 
     Each line is the operation autograd's backward runs for this net, on the same operands in the
     same order, so the weights are bitwise those of the autograd update (see ``"handwritten"`` in
-    :class:`LitTwoLayerNet`).
+    :class:`LitTwoLayerNet`). ``w1`` and ``w2`` are updated in place and must not require grad:
+    pass ``weight.detach()`` (the same storage, so the parameter changes with it), which also
+    spares a ``no_grad`` context per update.
     """
     h = x.mm(w1)  # (N, H)
     h_relu = h.clamp(min=0)  # (N, H)

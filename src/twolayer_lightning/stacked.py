@@ -253,7 +253,7 @@ class StackedFit(L.LightningModule):
             self.path = "direct"
             self._optimizers = [InPlaceSGD(m.net.named_parameters(), lr=m.hparams.lr) for m in self.members]
         # Looked up once: at a small table's size the update itself takes a few tens of microseconds.
-        self._weights = [(m.net.w1, m.net.w2, m.hparams.lr) for m in self.members]
+        self._weights = [(m.net.w1.detach(), m.net.w2.detach(), m.hparams.lr) for m in self.members]
         for member in self.members:
             member._path = self.path
             member.losses = []
