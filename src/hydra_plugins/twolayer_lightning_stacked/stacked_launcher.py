@@ -13,6 +13,7 @@ This module imports only Hydra at import time: Hydra imports every plugin when a
 dataclass below needs its annotations evaluated).
 """
 
+import contextlib
 import copy
 import functools
 import logging
@@ -176,12 +177,19 @@ class StackedLauncher(Launcher):
                         )
                 signum = fit.interrupted or (held[0] if held else None)
                 if signum:
-                    # As a single job: a signal ends the whole sweep, after summarizing what ran.
+                    # As a single job: a signal ends the whole sweep, after summarizing what ran. Members of
+                    # later fits never started: their folders (only the log of their preparation) go.
+                    for index, member in members[position:]:
+                        member.lock.release()
+                        log_file = member.out / f"{configs[indices.index(index)].hydra.job.name}.log"
+                        log_file.unlink(missing_ok=True)
+                        with contextlib.suppress(OSError):
+                            member.out.rmdir()
                     summarize_sweep(self.config.hydra.sweep.dir)
                     print(
-                        f"error: interrupted by {signal.Signals(signum).name}: the stacked fit's {len(part)} jobs "
-                        f"saved their last.ckpt; resume one with `python train.py hydra.run.dir=<its job dir> "
-                        "ckpt_path=last <its overrides>`",
+                        f"error: interrupted by {signal.Signals(signum).name} after {fit.trainer.global_step} updates "
+                        f"of a stacked fit of {len(part)} jobs, each saved in its last.ckpt; resume one with `python "
+                        "train.py hydra.run.dir=<its job dir> ckpt_path=last <its overrides>`",
                         file=sys.stderr,
                     )
                     raise SystemExit(128 + signum)
