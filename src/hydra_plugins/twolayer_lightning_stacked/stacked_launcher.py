@@ -186,12 +186,16 @@ class StackedLauncher(Launcher):
                         with contextlib.suppress(OSError):
                             member.out.rmdir()
                     summarize_sweep(self.config.hydra.sweep.dir)
-                    print(
-                        f"error: interrupted by {signal.Signals(signum).name} after {fit.trainer.global_step} updates "
-                        f"of a stacked fit of {len(part)} jobs, each saved in its last.ckpt; resume one with `python "
-                        "train.py hydra.run.dir=<its job dir> ckpt_path=last <its overrides>`",
-                        file=sys.stderr,
-                    )
+                    name = signal.Signals(signum).name
+                    if fit.interrupted:
+                        line = (
+                            f"interrupted by {name} after {fit.trainer.global_step} updates of a stacked fit of "
+                            f"{len(part)} jobs, each saved in its last.ckpt; resume one with `python train.py "
+                            "hydra.run.dir=<its job dir> ckpt_path=last <its overrides>`"
+                        )
+                    else:
+                        line = f"interrupted by {name} after a stacked fit of {len(part)} jobs had finished; their files are complete"
+                    print(f"error: {line}", file=sys.stderr)
                     raise SystemExit(128 + signum)
         finally:
             for _, member in members:
