@@ -194,7 +194,7 @@ class StackedLauncher(Launcher):
                             "hydra.run.dir=<its job dir> ckpt_path=last <its overrides>`"
                         )
                     else:
-                        line = f"interrupted by {name} after a stacked fit of {len(part)} jobs had finished; files complete"
+                        line = f"interrupted by {name} after the stacked fit had finished; its jobs' files are complete"
                     print(f"error: {line}", file=sys.stderr)
                     raise SystemExit(128 + signum)
         finally:
