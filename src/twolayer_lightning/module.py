@@ -240,13 +240,15 @@ class LitTwoLayerNet(L.LightningModule):
         world_size = self.trainer.world_size
         check_each = world_size == 1 and x.device.type == "cpu"
         diverged = stopping = False
+        # Looked up once: at the seed's size each update's own Python is a few percent of it.
+        update, pending, trainer = self._update, self._pending, self.trainer
         for _ in range(updates):
-            loss, y_pred = self._update(x, y)  # one seed update, counted in global_step
-            self._pending.append(loss)
+            loss, y_pred = update(x, y)  # one seed update, counted in global_step
+            pending.append(loss)
             if check_each and not math.isfinite(loss.item()):
                 diverged = True
                 break
-            if world_size == 1 and self.trainer.received_sigterm:
+            if world_size == 1 and trainer.received_sigterm:
                 # SIGTERM (or Ctrl-C, see checkpoints.StopOnSignal): stop after this update, not after the
                 # step's remaining ones; Lightning's loop then ends the fit at the end of this step.
                 # (Several processes stop together at the end of a step, as Lightning syncs them there.)
@@ -489,12 +491,16 @@ class _HandwrittenUpdate(_Update):
     def __init__(self, module: LitTwoLayerNet) -> None:
         super().__init__(module)
         # Each weight's parameter group, for its lr: the optimizer stays the one place the lr lives.
-        self.group_of = {id(p): group for group in self.optimizer.param_groups for p in group["params"]}
+        group_of = {id(p): group for group in self.optimizer.param_groups for p in group["params"]}
+        self.group1, self.group2 = group_of[id(self.net.w1)], group_of[id(self.net.w2)]
+        # The weights' own storage without autograd (the fit has moved, cast and restored them by
+        # now): updated in place, the parameters change with it, and no no_grad context is entered
+        # per update.
+        self.w1, self.w2 = self.net.w1.detach(), self.net.w2.detach()
 
-    @torch.no_grad()  # the weights require grad; nothing here needs autograd
     def update(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        w1, w2 = self.net.w1, self.net.w2
-        lr1, lr2 = (self.group_of[id(w)]["lr"] for w in (w1, w2))  # read each update: a resume may change it
+        w1, w2 = self.w1, self.w2
+        lr1, lr2 = self.group1["lr"], self.group2["lr"]  # read each update, as the optimizer's step would
         h = x.mm(w1)  # (N, H)
         h_relu = h.clamp(min=0)  # (N, H)
         y_pred = h_relu.mm(w2)  # (N, D_out)
