@@ -52,11 +52,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
+from unittest import mock
 
 import lightning as L
 import torch
 
-from twolayer_lightning import FileRegressionData, LitTwoLayerNet, SyntheticRegressionData, run
+from twolayer_lightning import FileRegressionData, LitTwoLayerNet, SyntheticRegressionData, cli, run
 from twolayer_lightning.data import EpochBatches
 from twolayer_lightning.module import UPDATE_PATHS
 
@@ -351,17 +352,30 @@ def run_path(
             f"trainer.log_every_n_steps={log_every}",
             "logger=csv",
         ]
+        timer = LoopTimer(device)
+        make_trainer = cli._make_trainer
+
+        def make_timed_trainer(*args: object, **kwargs: object) -> L.Trainer:
+            trainer = make_trainer(*args, **kwargs)
+            trainer.callbacks.append(timer)  # the update loop's time, as in package_fit
+            return trainer
+
         sync(device)
-        started = clock()
-        metrics = run(overrides, output_dir=tmp)
-        total = clock() - started
+        with mock.patch.object(cli, "_make_trainer", make_timed_trainer):
+            started = clock()
+            metrics = run(overrides, output_dir=tmp)
+            total = clock() - started
         state = torch.load(Path(tmp) / "last.ckpt", map_location=device, weights_only=True)["state_dict"]
+    # run() reuses the config composed for the same overrides; what a call with new ones pays on top:
+    started = clock()
+    cli._composed.__wrapped__(tuple(overrides), cli._config_files_stamp())
+    compose = clock() - started
     return Result(
         metrics["fit_seconds"],
         state["net.w1"],
         state["net.w2"],
         metrics["global_step"],
-        {"run() total": total},
+        {"run() total": total, "beyond updates": total - timer.seconds, "Hydra compose (new overrides)": compose},
     )
 
 
@@ -554,8 +568,19 @@ def timed(cmd: list[str], threads: int | None) -> tuple[float, float]:
     return wall, (after.children_user - before.children_user) + (after.children_system - before.children_system)
 
 
+SEED_SCRIPT = "python src/twolayer_lightning/reference.py autograd"  # by path: imports torch and numpy only
+FULL_RUN = "python train.py (the defaults: 500 steps, csv, loss.png)"
+
+
 def startup(repeats: int, threads: int | None) -> None:
-    """Fresh processes: the interpreter, the imports, and a 1-step `train.py`, interleaved."""
+    """Fresh processes, interleaved: the interpreter, the imports, the seed's script and ``train.py``.
+
+    The seed's script is ``reference.autograd_loop`` run as a file (section 三, 500 steps, a
+    ``t loss`` line per step, as the seed prints), which imports torch and numpy and nothing of
+    the package. The package's own share of ``python train.py`` is its wall time less ``import
+    lightning`` (which imports torch) and less the run's ``fit_seconds`` (the updates, with the
+    fit's set-up): Hydra, the config, the Trainer, checkpoint, metrics.json and loss.png.
+    """
     py = sys.executable
     with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
         commands: dict[str, Callable[[int], list[str]]] = {
@@ -563,6 +588,7 @@ def startup(repeats: int, threads: int | None) -> None:
             "python -c 'import torch'": lambda i: [py, "-c", "import torch"],
             "python -c 'import lightning'": lambda i: [py, "-c", "import lightning"],
             "python -c 'import twolayer_lightning'": lambda i: [py, "-c", "import twolayer_lightning"],
+            SEED_SCRIPT: lambda i: [py, "src/twolayer_lightning/reference.py", "autograd"],
             "python train.py trainer.max_steps=1 logger=none": lambda i: [
                 py,
                 "train.py",
@@ -571,20 +597,31 @@ def startup(repeats: int, threads: int | None) -> None:
                 f"output_dir={tmp}/run{i}",
                 f"hydra.run.dir={tmp}/hydra{i}",  # keep Hydra's own files out of the repository
             ],
+            FULL_RUN: lambda i: [py, "train.py", f"hydra.run.dir={tmp}/full{i}"],
         }
         times: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+        fit_seconds: list[float] = []
         for i in range(repeats + 1):
             for name, cmd in commands.items():
                 seconds = timed(cmd(i), threads)
                 if i > 0:  # the first round warms the file cache and the .pyc files
                     times[name].append(seconds)
+                    if name == FULL_RUN:
+                        fit_seconds.append(json.loads(Path(tmp, f"full{i}", "metrics.json").read_text())["fit_seconds"])
     where = f"OMP_NUM_THREADS={threads}" if threads else "torch's default threads"
     print(f"\nstart-up ({where}): median of {repeats}, interleaved, after a warm-up round")
-    print(f"  {'command':<50} {'wall s':>7} {'(min-max)':>11} {'CPU s':>7}")
+    print(f"  {'command':<60} {'wall s':>7} {'(min-max)':>11} {'CPU s':>7}")
     for name, values in times.items():
         wall = [w for w, _ in values]
         cpu = statistics.median(c for _, c in values)
-        print(f"  {name:<50} {statistics.median(wall):7.2f} {f'({min(wall):.2f}-{max(wall):.2f})':>11} {cpu:7.2f}")
+        print(f"  {name:<60} {statistics.median(wall):7.2f} {f'({min(wall):.2f}-{max(wall):.2f})':>11} {cpu:7.2f}")
+    lightning = [w for w, _ in times["python -c 'import lightning'"]]
+    full = [w for w, _ in times[FULL_RUN]]
+    share = [f - imp - fit for f, imp, fit in zip(full, lightning, fit_seconds, strict=True)]
+    print(
+        f"  {FULL_RUN}: fit_seconds {statistics.median(fit_seconds):.2f}; the package's own share (wall - import "
+        f"lightning - fit_seconds, same round) {statistics.median(share):.2f} s ({min(share):.2f}-{max(share):.2f})"
+    )
 
 
 def multirun(repeats: int, jobs: int, threads: int | None) -> None:
