@@ -689,14 +689,20 @@ def source_fingerprint() -> str:
 
 @contextlib.contextmanager
 def quiet_lightning() -> Iterator[None]:
-    """Hide Lightning's per-Trainer info lines ("GPU available: ..."); warnings still show."""
-    logger = logging.getLogger("lightning.pytorch")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
+    """Hide Lightning's per-Trainer info lines ("GPU available: ..."); warnings still show.
+
+    Also the package's end-of-fit advice ("training hardly moved ..."), which the large shapes'
+    runs of a few updates at a small lr get every time.
+    """
+    loggers = {"lightning.pytorch": logging.WARNING, "twolayer_lightning.module": logging.ERROR}
+    levels = {name: logging.getLogger(name).level for name in loggers}
+    for name, level in loggers.items():
+        logging.getLogger(name).setLevel(level)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def main() -> int:
