@@ -554,8 +554,8 @@ def print_table(rows: list[dict[str, object]]) -> None:
             print(f"  {r['shape']:<{w}} {r['variant']:<21} {costs}")
 
 
-def timed(cmd: list[str], threads: int | None) -> tuple[float, float]:
-    """Wall and CPU seconds (user + system, of the child and its children) of one command."""
+def timed(cmd: list[str], threads: int | None) -> tuple[float, float, str]:
+    """Wall and CPU seconds (user + system, of the child and its children) and the stdout of one command."""
     # OMP_NUM_THREADS is how a fresh process gets --threads (torch reads it at start-up).
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
     before = os.times()
@@ -565,11 +565,24 @@ def timed(cmd: list[str], threads: int | None) -> tuple[float, float]:
     after = os.times()
     if done.returncode != 0:
         raise SystemExit(f"failed ({done.returncode}): {' '.join(cmd)}\n{done.stderr[-3000:]}")
-    return wall, (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    return wall, cpu, done.stdout
 
 
 SEED_SCRIPT = "python src/twolayer_lightning/reference.py autograd"  # by path: imports torch and numpy only
 FULL_RUN = "python train.py (the defaults: 500 steps, csv, loss.png)"
+# python train.py, with clocks read in the process itself: after `import lightning` and at the end.
+TIMED_TRAIN_PY = """
+import json, runpy, sys, time
+clocks = (time.perf_counter, time.process_time)
+started = [clock() for clock in clocks]
+import lightning  # torch and Lightning, what `python -c 'import lightning'` imports
+imported = [clock() for clock in clocks]
+sys.argv = ["train.py", *sys.argv[1:]]
+runpy.run_path("train.py", run_name="__main__")
+print(json.dumps({"import": [i - s for i, s in zip(imported, started)],
+                  "total": [clock() - s for clock, s in zip(clocks, started)]}))
+"""
 
 
 def startup(repeats: int, threads: int | None) -> None:
@@ -577,9 +590,11 @@ def startup(repeats: int, threads: int | None) -> None:
 
     The seed's script is ``reference.autograd_loop`` run as a file (section 三, 500 steps, a
     ``t loss`` line per step, as the seed prints), which imports torch and numpy and nothing of
-    the package. The package's own share of ``python train.py`` is its wall time less ``import
-    lightning`` (which imports torch) and less the run's ``fit_seconds`` (the updates, with the
-    fit's set-up): Hydra, the config, the Trainer, checkpoint, metrics.json and loss.png.
+    the package. The package's own share of ``python train.py`` is measured inside that process,
+    so that a neighbour's load cannot shift it between two processes: its time less the import
+    of ``lightning`` (with torch) and less the run's ``fit_seconds`` (the updates, with the fit's
+    set-up). What is left is the package's and Hydra's imports, Hydra, the config, the Trainer,
+    the checkpoint, metrics.json and loss.png.
     """
     py = sys.executable
     with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
@@ -597,17 +612,22 @@ def startup(repeats: int, threads: int | None) -> None:
                 f"output_dir={tmp}/run{i}",
                 f"hydra.run.dir={tmp}/hydra{i}",  # keep Hydra's own files out of the repository
             ],
-            FULL_RUN: lambda i: [py, "train.py", f"hydra.run.dir={tmp}/full{i}"],
+            FULL_RUN: lambda i: [py, "-c", TIMED_TRAIN_PY, f"hydra.run.dir={tmp}/full{i}"],
         }
         times: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
-        fit_seconds: list[float] = []
+        shares: list[tuple[float, float, float]] = []  # (fit_seconds, own share wall, own share CPU)
         for i in range(repeats + 1):
             for name, cmd in commands.items():
-                seconds = timed(cmd(i), threads)
-                if i > 0:  # the first round warms the file cache and the .pyc files
-                    times[name].append(seconds)
-                    if name == FULL_RUN:
-                        fit_seconds.append(json.loads(Path(tmp, f"full{i}", "metrics.json").read_text())["fit_seconds"])
+                wall, cpu, stdout = timed(cmd(i), threads)
+                if i == 0:
+                    continue  # the first round warms the file cache and the .pyc files
+                times[name].append((wall, cpu))
+                if name == FULL_RUN:
+                    inside = json.loads(stdout.strip().splitlines()[-1])
+                    fit = json.loads(Path(tmp, f"full{i}", "metrics.json").read_text())["fit_seconds"]
+                    pairs = zip(inside["total"], inside["import"], strict=True)  # (wall, CPU)
+                    own = [total - imported - fit for total, imported in pairs]
+                    shares.append((fit, *own))
     where = f"OMP_NUM_THREADS={threads}" if threads else "torch's default threads"
     print(f"\nstart-up ({where}): median of {repeats}, interleaved, after a warm-up round")
     print(f"  {'command':<60} {'wall s':>7} {'(min-max)':>11} {'CPU s':>7}")
@@ -615,12 +635,11 @@ def startup(repeats: int, threads: int | None) -> None:
         wall = [w for w, _ in values]
         cpu = statistics.median(c for _, c in values)
         print(f"  {name:<60} {statistics.median(wall):7.2f} {f'({min(wall):.2f}-{max(wall):.2f})':>11} {cpu:7.2f}")
-    lightning = [w for w, _ in times["python -c 'import lightning'"]]
-    full = [w for w, _ in times[FULL_RUN]]
-    share = [f - imp - fit for f, imp, fit in zip(full, lightning, fit_seconds, strict=True)]
+    fit, wall, cpu = ([share[k] for share in shares] for k in range(3))
     print(
-        f"  {FULL_RUN}: fit_seconds {statistics.median(fit_seconds):.2f}; the package's own share (wall - import "
-        f"lightning - fit_seconds, same round) {statistics.median(share):.2f} s ({min(share):.2f}-{max(share):.2f})"
+        f"  its fit_seconds {statistics.median(fit):.2f} s; the package's own share (in the process: all less "
+        f"import lightning, less fit_seconds) {statistics.median(wall):.2f} s wall ({min(wall):.2f}-{max(wall):.2f}), "
+        f"{statistics.median(cpu):.2f} s CPU ({min(cpu):.2f}-{max(cpu):.2f}; CPU time less wall-clock fit_seconds)"
     )
 
 
@@ -633,7 +652,7 @@ def multirun(repeats: int, jobs: int, threads: int | None) -> None:
         for n in (jobs, 1):
             with tempfile.TemporaryDirectory(prefix="bench-multirun-") as sweep:
                 cmd = [py, "train.py", "-m", "trainer.max_steps=500", "logger=none"]
-                wall, cpu = timed([*cmd, f"seed={seeds[n]}", f"hydra.sweep.dir={sweep}"], threads)
+                wall, cpu, _ = timed([*cmd, f"seed={seeds[n]}", f"hydra.sweep.dir={sweep}"], threads)
                 found = sorted(Path(sweep).glob("*/metrics.json"))
                 if len(found) != n:
                     raise SystemExit(f"multirun: expected {n} metrics.json in {sweep}, found {len(found)}")
