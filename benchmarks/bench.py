@@ -52,11 +52,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
+from unittest import mock
 
 import lightning as L
 import torch
 
-from twolayer_lightning import FileRegressionData, LitTwoLayerNet, SyntheticRegressionData, run
+from twolayer_lightning import FileRegressionData, LitTwoLayerNet, SyntheticRegressionData, cli, run
 from twolayer_lightning.data import EpochBatches
 from twolayer_lightning.module import UPDATE_PATHS
 
@@ -351,17 +352,30 @@ def run_path(
             f"trainer.log_every_n_steps={log_every}",
             "logger=csv",
         ]
+        timer = LoopTimer(device)
+        make_trainer = cli._make_trainer
+
+        def make_timed_trainer(*args: object, **kwargs: object) -> L.Trainer:
+            trainer = make_trainer(*args, **kwargs)
+            trainer.callbacks.append(timer)  # the update loop's time, as in package_fit
+            return trainer
+
         sync(device)
-        started = clock()
-        metrics = run(overrides, output_dir=tmp)
-        total = clock() - started
+        with mock.patch.object(cli, "_make_trainer", make_timed_trainer):
+            started = clock()
+            metrics = run(overrides, output_dir=tmp)
+            total = clock() - started
         state = torch.load(Path(tmp) / "last.ckpt", map_location=device, weights_only=True)["state_dict"]
+    # run() reuses the config composed for the same overrides; what a call with new ones pays on top:
+    started = clock()
+    cli._composed.__wrapped__(tuple(overrides), cli._config_files_stamp())
+    compose = clock() - started
     return Result(
         metrics["fit_seconds"],
         state["net.w1"],
         state["net.w2"],
         metrics["global_step"],
-        {"run() total": total},
+        {"run() total": total, "beyond updates": total - timer.seconds, "Hydra compose (new overrides)": compose},
     )
 
 
@@ -540,8 +554,8 @@ def print_table(rows: list[dict[str, object]]) -> None:
             print(f"  {r['shape']:<{w}} {r['variant']:<21} {costs}")
 
 
-def timed(cmd: list[str], threads: int | None) -> tuple[float, float]:
-    """Wall and CPU seconds (user + system, of the child and its children) of one command."""
+def timed(cmd: list[str], threads: int | None) -> tuple[float, float, str]:
+    """Wall and CPU seconds (user + system, of the child and its children) and the stdout of one command."""
     # OMP_NUM_THREADS is how a fresh process gets --threads (torch reads it at start-up).
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
     before = os.times()
@@ -551,11 +565,37 @@ def timed(cmd: list[str], threads: int | None) -> tuple[float, float]:
     after = os.times()
     if done.returncode != 0:
         raise SystemExit(f"failed ({done.returncode}): {' '.join(cmd)}\n{done.stderr[-3000:]}")
-    return wall, (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    return wall, cpu, done.stdout
+
+
+SEED_SCRIPT = "python src/twolayer_lightning/reference.py autograd"  # by path: imports torch and numpy only
+FULL_RUN = "python train.py (the defaults: 500 steps, csv, loss.png)"
+# python train.py, with clocks read in the process itself: after `import lightning` and at the end.
+TIMED_TRAIN_PY = """
+import json, runpy, sys, time
+clocks = (time.perf_counter, time.process_time)
+started = [clock() for clock in clocks]
+import lightning  # torch and Lightning, what `python -c 'import lightning'` imports
+imported = [clock() for clock in clocks]
+sys.argv = ["train.py", *sys.argv[1:]]
+runpy.run_path("train.py", run_name="__main__")
+print(json.dumps({"import": [i - s for i, s in zip(imported, started)],
+                  "total": [clock() - s for clock, s in zip(clocks, started)]}))
+"""
 
 
 def startup(repeats: int, threads: int | None) -> None:
-    """Fresh processes: the interpreter, the imports, and a 1-step `train.py`, interleaved."""
+    """Fresh processes, interleaved: the interpreter, the imports, the seed's script and ``train.py``.
+
+    The seed's script is ``reference.autograd_loop`` run as a file (section 三, 500 steps, a
+    ``t loss`` line per step, as the seed prints), which imports torch and numpy and nothing of
+    the package. The package's own share of ``python train.py`` is measured inside that process,
+    so that a neighbour's load cannot shift it between two processes: its time less the import
+    of ``lightning`` (with torch) and less the run's ``fit_seconds`` (the updates, with the fit's
+    set-up). What is left is the package's and Hydra's imports, Hydra, the config, the Trainer,
+    the checkpoint, metrics.json and loss.png.
+    """
     py = sys.executable
     with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
         commands: dict[str, Callable[[int], list[str]]] = {
@@ -563,6 +603,7 @@ def startup(repeats: int, threads: int | None) -> None:
             "python -c 'import torch'": lambda i: [py, "-c", "import torch"],
             "python -c 'import lightning'": lambda i: [py, "-c", "import lightning"],
             "python -c 'import twolayer_lightning'": lambda i: [py, "-c", "import twolayer_lightning"],
+            SEED_SCRIPT: lambda i: [py, "src/twolayer_lightning/reference.py", "autograd"],
             "python train.py trainer.max_steps=1 logger=none": lambda i: [
                 py,
                 "train.py",
@@ -571,20 +612,35 @@ def startup(repeats: int, threads: int | None) -> None:
                 f"output_dir={tmp}/run{i}",
                 f"hydra.run.dir={tmp}/hydra{i}",  # keep Hydra's own files out of the repository
             ],
+            FULL_RUN: lambda i: [py, "-c", TIMED_TRAIN_PY, f"hydra.run.dir={tmp}/full{i}"],
         }
         times: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+        shares: list[tuple[float, float, float]] = []  # (fit_seconds, own share wall, own share CPU)
         for i in range(repeats + 1):
             for name, cmd in commands.items():
-                seconds = timed(cmd(i), threads)
-                if i > 0:  # the first round warms the file cache and the .pyc files
-                    times[name].append(seconds)
+                wall, cpu, stdout = timed(cmd(i), threads)
+                if i == 0:
+                    continue  # the first round warms the file cache and the .pyc files
+                times[name].append((wall, cpu))
+                if name == FULL_RUN:
+                    inside = json.loads(stdout.strip().splitlines()[-1])
+                    fit = json.loads(Path(tmp, f"full{i}", "metrics.json").read_text())["fit_seconds"]
+                    pairs = zip(inside["total"], inside["import"], strict=True)  # (wall, CPU)
+                    own = [total - imported - fit for total, imported in pairs]
+                    shares.append((fit, *own))
     where = f"OMP_NUM_THREADS={threads}" if threads else "torch's default threads"
     print(f"\nstart-up ({where}): median of {repeats}, interleaved, after a warm-up round")
-    print(f"  {'command':<50} {'wall s':>7} {'(min-max)':>11} {'CPU s':>7}")
+    print(f"  {'command':<60} {'wall s':>7} {'(min-max)':>11} {'CPU s':>7}")
     for name, values in times.items():
         wall = [w for w, _ in values]
         cpu = statistics.median(c for _, c in values)
-        print(f"  {name:<50} {statistics.median(wall):7.2f} {f'({min(wall):.2f}-{max(wall):.2f})':>11} {cpu:7.2f}")
+        print(f"  {name:<60} {statistics.median(wall):7.2f} {f'({min(wall):.2f}-{max(wall):.2f})':>11} {cpu:7.2f}")
+    fit, wall, cpu = ([share[k] for share in shares] for k in range(3))
+    print(
+        f"  its fit_seconds {statistics.median(fit):.2f} s; the package's own share (in the process: all less "
+        f"import lightning, less fit_seconds) {statistics.median(wall):.2f} s wall ({min(wall):.2f}-{max(wall):.2f}), "
+        f"{statistics.median(cpu):.2f} s CPU ({min(cpu):.2f}-{max(cpu):.2f}; CPU time less wall-clock fit_seconds)"
+    )
 
 
 def multirun(repeats: int, jobs: int, threads: int | None) -> None:
@@ -596,7 +652,7 @@ def multirun(repeats: int, jobs: int, threads: int | None) -> None:
         for n in (jobs, 1):
             with tempfile.TemporaryDirectory(prefix="bench-multirun-") as sweep:
                 cmd = [py, "train.py", "-m", "trainer.max_steps=500", "logger=none"]
-                wall, cpu = timed([*cmd, f"seed={seeds[n]}", f"hydra.sweep.dir={sweep}"], threads)
+                wall, cpu, _ = timed([*cmd, f"seed={seeds[n]}", f"hydra.sweep.dir={sweep}"], threads)
                 found = sorted(Path(sweep).glob("*/metrics.json"))
                 if len(found) != n:
                     raise SystemExit(f"multirun: expected {n} metrics.json in {sweep}, found {len(found)}")
@@ -652,14 +708,20 @@ def source_fingerprint() -> str:
 
 @contextlib.contextmanager
 def quiet_lightning() -> Iterator[None]:
-    """Hide Lightning's per-Trainer info lines ("GPU available: ..."); warnings still show."""
-    logger = logging.getLogger("lightning.pytorch")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
+    """Hide Lightning's per-Trainer info lines ("GPU available: ..."); warnings still show.
+
+    Also the package's end-of-fit advice ("training hardly moved ..."), which the large shapes'
+    runs of a few updates at a small lr get every time.
+    """
+    loggers = {"lightning.pytorch": logging.WARNING, "twolayer_lightning.module": logging.ERROR}
+    levels = {name: logging.getLogger(name).level for name in loggers}
+    for name, level in loggers.items():
+        logging.getLogger(name).setLevel(level)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def main() -> int:

@@ -404,3 +404,29 @@ def test_installed_wheel_runs_with_packaged_configs_from_any_folder(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((out / "metrics.json").read_text())["global_step"] == 3
+
+
+def test_run_reuses_a_composed_config_but_not_its_output_dir_or_a_stale_file(tmp_path, monkeypatch):
+    import hydra
+
+    from twolayer_lightning import cli
+
+    composed = []
+    compose_config = hydra.compose
+    monkeypatch.setattr(hydra, "compose", lambda **kwargs: composed.append(kwargs) or compose_config(**kwargs))
+    overrides = ["trainer.max_steps=2", "logger=none", "seed=11"]  # seed 11: no other test composes this
+    first = run(overrides, output_dir=tmp_path / "a")
+    second = run(overrides, output_dir=tmp_path / "b")
+    assert len(composed) == 1  # the second run took the composed config
+    assert first == {**second, "fit_seconds": first["fit_seconds"], "versions": first["versions"]}
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text())["global_step"] == 2
+    assert (tmp_path / "b" / "last.ckpt").is_file()  # each run wrote into its own output_dir
+
+    config_yaml = Path(cli.__file__).parent / "conf" / "config.yaml"
+    stat = config_yaml.stat()
+    try:
+        os.utime(config_yaml, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # as an edit of the file would
+        run(overrides, output_dir=tmp_path / "c")
+    finally:
+        os.utime(config_yaml, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert len(composed) == 2  # an edited config file is read again

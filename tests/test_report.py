@@ -18,6 +18,7 @@ from twolayer_lightning.cli import describe_error
 from twolayer_lightning.report import plot_run, summarize_sweep
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SUPERSCRIPTS = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 needs_matplotlib = pytest.mark.skipif(
     importlib.util.find_spec("matplotlib") is None, reason="needs matplotlib: pip install 'twolayer-lightning[plot]'"
 )
@@ -104,6 +105,14 @@ def test_plot_run_draws_the_runs_loss_into_a_png(real_sweep, saved_figures, job)
     (line,) = [line for line in axes.get_lines() if line.get_label() == "train_loss"]
     assert list(zip(line.get_xdata(), line.get_ydata(), strict=True)) == finite  # inf cannot sit on a log axis
     assert f"lr={metrics['lr']:g}" in axes.get_title() and metrics["status"] in axes.get_title()
+    # The log axis names its decades (10⁻⁴, 10², ...) in plain text, each label the power of ten it stands at.
+    labelled = [
+        (tick, label.get_text())
+        for tick, label in zip(axes.get_yticks(), axes.get_yticklabels(), strict=True)
+        if label.get_text()
+    ]
+    assert len(labelled) >= 2
+    assert all(text == "10" + str(round(math.log10(tick))).translate(SUPERSCRIPTS) for tick, text in labelled)
 
 
 @needs_matplotlib

@@ -140,11 +140,8 @@ class LitTwoLayerNet(L.LightningModule):
         # One metric object per stage. Train metrics are taken at each report on the batch just
         # used (the whole training set when training is full batch), so steps between reports
         # cost nothing; validation metrics cover the whole validation set.
-        metrics = MetricCollection(
-            {"mse": MeanSquaredError(), "r2": R2Score(), "explained_variance": ExplainedVariance()}
-        )
-        self.train_metrics = metrics.clone(prefix="train_")
-        self.val_metrics = metrics.clone(prefix="val_")
+        self.train_metrics = _regression_metrics(prefix="train_")
+        self.val_metrics = _regression_metrics(prefix="val_")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -249,13 +246,15 @@ class LitTwoLayerNet(L.LightningModule):
         world_size = self.trainer.world_size
         check_each = world_size == 1 and x.device.type == "cpu"
         diverged = stopping = False
+        # Looked up once: at the seed's size each update's own Python is a few percent of it.
+        update, pending, trainer = self._update, self._pending, self.trainer
         for _ in range(updates):
-            loss, y_pred = self._update(x, y)  # one seed update, counted in global_step
-            self._pending.append(loss)
+            loss, y_pred = update(x, y)  # one seed update, counted in global_step
+            pending.append(loss)
             if check_each and not math.isfinite(loss.item()):
                 diverged = True
                 break
-            if world_size == 1 and self.trainer.received_sigterm:
+            if world_size == 1 and trainer.received_sigterm:
                 # SIGTERM (or Ctrl-C, see checkpoints.StopOnSignal): stop after this update, not after the
                 # step's remaining ones; Lightning's loop then ends the fit at the end of this step.
                 # (Several processes stop together at the end of a step, as Lightning syncs them there.)
@@ -433,6 +432,13 @@ class LitTwoLayerNet(L.LightningModule):
             )
 
 
+def _regression_metrics(prefix: str) -> MetricCollection:
+    # Built afresh for each stage rather than cloned from one: a deep copy costs twice as much.
+    return MetricCollection(
+        {"mse": MeanSquaredError(), "r2": R2Score(), "explained_variance": ExplainedVariance()}, prefix=prefix
+    )
+
+
 class _Update:
     """One seed update of a path: given the batch, update the weights once, return the loss and predictions.
 
@@ -494,12 +500,16 @@ class _HandwrittenUpdate(_Update):
     def __init__(self, module: LitTwoLayerNet) -> None:
         super().__init__(module)
         # Each weight's parameter group, for its lr: the optimizer stays the one place the lr lives.
-        self.group_of = {id(p): group for group in self.optimizer.param_groups for p in group["params"]}
+        group_of = {id(p): group for group in self.optimizer.param_groups for p in group["params"]}
+        self.group1, self.group2 = group_of[id(self.net.w1)], group_of[id(self.net.w2)]
+        # The weights' own storage without autograd (the fit has moved, cast and restored them by
+        # now): updated in place, the parameters change with it, and no no_grad context is entered
+        # per update.
+        self.w1, self.w2 = self.net.w1.detach(), self.net.w2.detach()
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        w1, w2 = self.net.w1, self.net.w2
-        lr1, lr2 = (self.group_of[id(w)]["lr"] for w in (w1, w2))  # read each update: a resume may change it
-        return handwritten_update(w1.detach(), w2.detach(), x, y, lr1, lr2)
+        # The lrs are read each update, as the optimizer's step would.
+        return handwritten_update(self.w1, self.w2, x, y, self.group1["lr"], self.group2["lr"])
 
 
 def handwritten_update(
