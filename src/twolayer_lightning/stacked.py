@@ -119,6 +119,7 @@ class Member:
     global_step: int = 0  # the updates this member ran (fewer than the group's when it diverged)
     rows: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # (step, metrics) for its logger
     lines: list[str] = field(default_factory=list)  # its `step t  loss` lines, for its log file
+    records: list[logging.LogRecord] = field(default_factory=list)  # what was logged while it was prepared
 
 
 def prepare(cfg: DictConfig) -> Member:
@@ -143,7 +144,9 @@ def prepare(cfg: DictConfig) -> Member:
     except BaseException:
         lock.release()
         raise
-    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    content = OmegaConf.to_container(cfg, resolve=False)
+    content.pop("hydra", None)  # a sweep's job config may still hold Hydra's node
+    resolved = OmegaConf.create(content)
     resolved.output_dir = str(out)
     return Member(resolved, out, lock, data, model, lr_search)
 
@@ -435,6 +438,8 @@ def finish(member: Member, group_size: int, exact: bool, fit: StackedResult) -> 
     cfg, out, model = member.cfg, member.out, member.model
     trainer, interrupted, seconds = fit.trainer, fit.interrupted, fit.seconds
     try:
+        for record in member.records:  # logged while it was prepared, before its job's log file was open
+            logging.getLogger(record.name).handle(record)
         for line in member.lines:
             log.info("%s", line)
         # A member that diverged had stopped before any signal came: as its single run, it is diverged.

@@ -14,9 +14,9 @@ dataclass below needs its annotations evaluated).
 """
 
 import contextlib
-import copy
 import functools
 import logging
+import logging.handlers
 import math
 import os
 import signal
@@ -117,30 +117,36 @@ class StackedLauncher(Launcher):
         return ret
 
     def _prepare(self, config: DictConfig, prepare: Any) -> Any:
-        """``prepare`` the member in its job's run dir, with Hydra's job config and log file set up as ``run_job``
-        sets them up before a task; the job itself runs later, in :func:`run_job` (its config files, callbacks,
-        return value), once the stacked fit is done."""
+        """``prepare`` the member with the job's Hydra config set as ``run_job`` sets it before a task (its run
+        dir, ``${hydra:runtime.output_dir}``); the job itself runs later, in ``run_job`` (its config files, log
+        file, callbacks, return value), once the stacked fit is done. What ``prepare`` logs is kept on the
+        member and goes to the job's log then (see ``stacked.finish``)."""
         sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir")))
         outer = HydraConfig.instance().cfg
         HydraConfig.instance().set_config(config)  # the job's id and num, for its subdir
         out = (sweep_dir / str(OmegaConf.select(config, "hydra.sweep.subdir"))).absolute()
         with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
             config.hydra.runtime.output_dir = str(out)
-        HydraConfig.instance().set_config(config)  # now with the output dir: ${hydra:runtime.output_dir}
-        out.mkdir(parents=True, exist_ok=True)
-        configure_log(config.hydra.job_logging, config.hydra.verbose)  # its train.log: what prepare logs goes there
-        task_cfg = copy.deepcopy(config)
-        with read_write(task_cfg), open_dict(task_cfg):
-            del task_cfg["hydra"]
+        HydraConfig.instance().set_config(config)  # now with the output dir
+        root = logging.getLogger()
+        handlers, records = root.handlers[:], logging.handlers.BufferingHandler(capacity=1_000_000)
+        root.handlers = [records]
         cwd = os.getcwd()
         try:
             if config.hydra.job.chdir:
                 os.chdir(out)  # relative data paths are read from where the job runs
-            return prepare(task_cfg)
+            member = prepare(config)
+            member.records = records.buffer
+            return member
+        except BaseException:
+            root.handlers = handlers
+            for record in records.buffer:  # what led up to the error, where it shows now
+                root.handle(record)
+            raise
         finally:
             os.chdir(cwd)
+            root.handlers = handlers
             HydraConfig.instance().cfg = outer
-            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
 
     def _launch_group(self, configs: list[DictConfig], indices: list[int], returns: list[JobReturn | None]) -> None:
         """Prepare every member (a bad one fails alone, as a job of its own), fit them together, then run each
