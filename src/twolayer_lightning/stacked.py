@@ -154,13 +154,14 @@ def prepare(cfg: DictConfig) -> Member:
 def member_bytes(member: Member, exact: bool) -> tuple[int, int]:
     """(bytes each member keeps for the whole fit, bytes of the work space of one update): an estimate.
 
-    Kept: weights, and data of its own. The work space (activations, gradients) is one member's in
-    exact mode, where members update one after the other, and every member's in batched mode.
+    Kept: weights and data of its own, twice in batched mode (the stacked copies). The work space
+    (activations, gradients) is one member's in exact mode, where members update one after the
+    other, and every member's in batched mode.
     """
     n, d_in = member.data.x.shape
     h, d_out = member.model.hparams.hidden_features, member.data.y.shape[1]
     size = 8 if str(member.cfg.trainer.precision).startswith("64") else 4
-    kept = size * (d_in * h + h * d_out + n * d_in + n * d_out)
+    kept = size * (d_in * h + h * d_out + n * d_in + n * d_out) * (1 if exact else 2)
     work = size * (d_in * h + h * d_out + 3 * n * h + 3 * n * d_out)
     return kept, work
 
