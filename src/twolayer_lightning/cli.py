@@ -731,6 +731,9 @@ def _load_model(ckpt_path: str, data: SyntheticRegressionData | FileRegressionDa
 def run(overrides: Sequence[str] = (), output_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Compose the packaged config with ``overrides`` and :func:`train` it: for notebooks and other projects.
 
+    A later call with the same overrides reuses the composed config (Hydra's composition is most of
+    a short run's set-up), as long as the packaged config files are unchanged.
+
     Args:
         overrides: Hydra overrides, as on the command line, e.g. ``["optim.lr=2e-6"]``.
         output_dir: where the run writes its files; a new ``outputs/<date>/<time>`` below the
