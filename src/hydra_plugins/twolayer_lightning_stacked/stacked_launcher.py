@@ -56,10 +56,6 @@ class StackedLauncher(Launcher):
 
     def __init__(self, exact: bool = True, memory_fraction: float = 0.5) -> None:
         super().__init__()
-        if not 0 < memory_fraction <= 1:
-            raise ValueError(
-                f"hydra.launcher.memory_fraction={memory_fraction!r} is not allowed; use a number in (0, 1]"
-            )
         self.exact = exact
         self.memory_fraction = memory_fraction
         self.config: DictConfig | None = None
@@ -73,7 +69,12 @@ class StackedLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from twolayer_lightning import stacked  # here, not at import: see the module's docstring
+        from twolayer_lightning.config import ConfigError
 
+        if not 0 < self.memory_fraction <= 1:  # checked here: an error in __init__ reaches the user wrapped by Hydra
+            raise ConfigError(
+                [f"hydra.launcher.memory_fraction={self.memory_fraction!r} is not allowed; use a number in (0, 1]"]
+            )
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
