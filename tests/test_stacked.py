@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import math
 import os
@@ -25,6 +26,7 @@ import torch
 
 from twolayer_lightning import run, stacked
 from twolayer_lightning.cli import CONFIG_MODULE, TrainingDivergedError
+from twolayer_lightning.rundir import LOCK_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -241,3 +243,17 @@ def test_a_signal_stops_the_stacked_fit_and_each_member_resumes_bitwise(tmp_path
     assert losses(sweep / "0") == losses(tmp_path / "whole")
     for name, tensor in weights(tmp_path / "whole").items():
         assert torch.equal(weights(sweep / "0")[name], tensor), name
+
+
+def test_a_full_disk_fails_that_member_alone_with_one_line(tmp_path: Path, monkeypatch, caplog) -> None:
+    def plot_on_a_full_disk(run_dir: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / "loss.png"))
+
+    members = [stacked.prepare(compose([f"seed={seed}", *STEPS], tmp_path / str(seed))) for seed in range(2)]
+    fit = stacked.fit_stacked(members, exact=True)
+    monkeypatch.setattr("twolayer_lightning.stacked.plot_run", plot_on_a_full_disk)
+    assert stacked.finish(members[0], 2, True, fit) == math.inf
+    assert "no space left on the device writing" in caplog.text
+    monkeypatch.undo()
+    assert stacked.finish(members[1], 2, True, fit) == metrics(tmp_path / "1")["train_loss"]  # the other goes on
+    assert not any((tmp_path / str(seed) / LOCK_FILE).exists() for seed in range(2))

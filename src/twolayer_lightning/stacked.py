@@ -27,6 +27,7 @@ diverged``; the others go on as if it had not been there.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import logging
 import math
@@ -43,7 +44,7 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from twolayer_lightning.checkpoints import AtomicCheckpointIO, StopOnSignal
+from twolayer_lightning.checkpoints import AtomicCheckpointIO, DiskFullError, StopOnSignal
 from twolayer_lightning.cli import (
     CHECKPOINT_FILE,
     _choose_lr,
@@ -487,6 +488,17 @@ def finish(member: Member, group_size: int, exact: bool, fit: StackedResult) -> 
             out,
         )
         return model.last_loss
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # As a single job of a sweep: one line, +inf, the sweep goes on (what was written before is intact).
+        reason = (
+            err.strerror
+            if isinstance(err, DiskFullError)
+            else f"no space left on the device writing {err.filename or out}"
+        )
+        log.error("job failed: error: %s", reason)
+        return math.inf
     finally:
         member.lock.release()
 
