@@ -135,7 +135,8 @@ class StackedLauncher(Launcher):
         cwd = os.getcwd()
         try:
             if config.hydra.job.chdir:
-                os.chdir(out)  # relative data paths are read from where the job runs
+                out.mkdir(parents=True, exist_ok=True)  # as run_job: the job runs in its dir
+                os.chdir(out)  # so relative data paths are read from there
             member = prepare(config)
             member.records = records.buffer
             return member
