@@ -13,11 +13,6 @@ import csv
 import errno
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import hydra
@@ -27,8 +22,6 @@ import torch
 from twolayer_lightning import run, stacked
 from twolayer_lightning.cli import CONFIG_MODULE, TrainingDivergedError
 from twolayer_lightning.rundir import LOCK_FILE
-
-ROOT = Path(__file__).resolve().parents[1]
 
 STEPS = ["trainer.max_steps=60", "trainer.log_every_n_steps=20"]
 # Keys a member's metrics.json has beyond its single run's, and those that differ by nature.
@@ -203,33 +196,21 @@ def test_stacked_sweep_from_the_command_line(tmp_path: Path, train_py) -> None:
 
 
 @pytest.mark.slow
-def test_a_signal_stops_the_stacked_fit_and_each_member_resumes_bitwise(tmp_path: Path) -> None:
+def test_a_signal_stops_the_stacked_fit_and_each_member_resumes_bitwise(tmp_path: Path, signal_train_py) -> None:
     every = ["trainer.log_every_n_steps=200"]  # 200 updates per training step
     sweep = tmp_path / "sweep"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "train.py",
-            "-m",
-            "hydra/launcher=stacked",
-            "optim.lr=1e-6,1e-3,5e-7",  # job 1 diverges at once, before the signal
-            "trainer.max_steps=1000000",
-            *every,
-            f"hydra.sweep.dir={sweep}",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    result = signal_train_py(
+        "-m",
+        "hydra/launcher=stacked",
+        "optim.lr=1e-6,1e-3,5e-7",  # job 1 diverges at once, before the signal
+        "trainer.max_steps=1000000",
+        *every,
+        f"hydra.sweep.dir={sweep}",
+        ready=" members training",  # the stacked fit's first report: training is under way
+        delay=0.5,
     )
-    for line in process.stdout:
-        if " members training" in line:  # the stacked fit's first report: training is under way
-            time.sleep(0.5)
-            os.kill(process.pid, signal.SIGTERM)
-            break
-    output, _ = process.communicate(timeout=300)
-    assert process.returncode == 143, output[-3000:]
-    assert "Traceback" not in output
+    assert result.returncode == 143, result.stdout[-3000:]
+    assert "Traceback" not in result.stdout
     statuses = [metrics(sweep / str(i))["status"] for i in range(3)]
     assert statuses == ["interrupted", "diverged", "interrupted"]
     stopped = metrics(sweep / "0")["global_step"]

@@ -16,7 +16,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,8 +25,6 @@ from twolayer_lightning import ConfigError, SyntheticRegressionData, TrainingInt
 from twolayer_lightning.checkpoints import CHECKPOINT_FORMAT, STAMP_KEY, AtomicCheckpointIO, DiskFullError
 from twolayer_lightning.cli import describe_error, main
 from twolayer_lightning.rundir import LOCK_FILE, RunDirLock
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -63,32 +60,18 @@ def one_error_line(argv: list[str], tmp_path: Path, monkeypatch, capsys) -> str:
 # --- signals -------------------------------------------------------------------------------------
 
 
-def start_and_signal(run_dir: Path, signum: int, *overrides: str) -> subprocess.CompletedProcess[str]:
-    """Start a long `python train.py`, send `signum` once it has logged a loss (and is in its next
-    training step), and wait for it to end."""
-    process = subprocess.Popen(
-        [sys.executable, "train.py", f"hydra.run.dir={run_dir}", "trainer.max_steps=1000000", *overrides],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines = []
-    for line in process.stdout:
-        lines.append(line)
-        if " loss " in line:  # `step t  loss v`: training is under way
-            time.sleep(0.5)  # into the next training step, so that the signal lands between its updates
-            os.kill(process.pid, signum)
-            break
-    rest, _ = process.communicate(timeout=300)
-    return subprocess.CompletedProcess(process.args, process.returncode, "".join(lines) + rest)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_signal_saves_the_last_update_and_the_resume_is_bitwise(tmp_path, signum, code):
+def test_a_signal_saves_the_last_update_and_the_resume_is_bitwise(tmp_path, signum, code, signal_train_py):
     every = ["trainer.log_every_n_steps=200", "trainer.checkpoint_every_n_steps=0"]  # 200 updates per step
-    result = start_and_signal(tmp_path / "run", signum, *every)
+    result = signal_train_py(
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "trainer.max_steps=1000000",
+        *every,
+        ready=" loss ",  # `step t  loss v`: training is under way
+        signum=signum,
+        delay=0.5,  # into the next training step, so that the signal lands between its updates
+    )
     assert result.returncode == code, result.stdout[-3000:]
     errors = [line for line in result.stdout.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "ckpt_path=last" in errors[0], result.stdout[-3000:]
@@ -124,31 +107,19 @@ def test_a_signal_after_the_fit_waits_until_the_files_are_written(tmp_path, monk
 
 
 @pytest.mark.slow
-def test_an_interrupted_sweep_stops_and_summarises_with_the_failed_and_interrupted_jobs(tmp_path):
+def test_an_interrupted_sweep_stops_and_summarises_with_the_failed_and_interrupted_jobs(tmp_path, signal_train_py):
     empty = tmp_path / "empty.ckpt"
     empty.write_bytes(b"")
     sweep = tmp_path / "sweep"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "train.py",
-            "-m",
-            "seed=0,1",  # varies slowest: jobs 2 and 3 (seed=1) must never start
-            f"ckpt_path={empty},null",  # job 0: a bad checkpoint (failed), job 1: runs until the signal
-            "trainer.max_steps=1000000",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    result = signal_train_py(
+        "-m",
+        "seed=0,1",  # varies slowest: jobs 2 and 3 (seed=1) must never start
+        f"ckpt_path={empty},null",  # job 0: a bad checkpoint (failed), job 1: runs until the signal
+        "trainer.max_steps=1000000",
+        f"hydra.sweep.dir={sweep}",
+        ready=" loss ",
     )
-    for line in process.stdout:
-        if " loss " in line:
-            os.kill(process.pid, signal.SIGTERM)
-            break
-    output, _ = process.communicate(timeout=300)
-    assert process.returncode == 143, output[-3000:]
+    assert result.returncode == 143, result.stdout[-3000:]
     with (sweep / "summary.csv").open(newline="") as f:
         rows = {row["job"]: row for row in csv.DictReader(f)}
     assert set(rows) == {"0", "1"}  # nothing launched after the signal
