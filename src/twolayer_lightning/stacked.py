@@ -239,7 +239,8 @@ class StackedFit(L.LightningModule):
         self._stacked: tuple[torch.Tensor, ...] | None = None  # batched: w1, w2, x, y, lr stacked
         self._optimizers: list[InPlaceSGD] = []  # exact, direct: each member's update
         self._weights: list[tuple[torch.Tensor, torch.Tensor, float]] = []  # each member's w1, w2 and lr
-        self._last: list[torch.Tensor | None] = [None] * len(members)  # each member's last predictions
+        # Each member's last predictions, indexed by member: a list (exact) or the stacked (K, N, D_out) tensor.
+        self._last: list[torch.Tensor | None] | torch.Tensor = [None] * len(members)
         self.rows: list[list[tuple[int, dict[str, float]]]] = [[] for _ in members]  # each member's logger rows
         self.lines: list[list[str]] = [[] for _ in members]  # each member's `step t  loss` lines
 
@@ -298,9 +299,7 @@ class StackedFit(L.LightningModule):
             if self._stacked is None:
                 self._stack(batch)
             w1, w2, x, y, lr = self._stacked
-            losses, y_pred = stacked_update(w1, w2, x, y, lr)
-            for k in range(len(self.members)):
-                self._last[k] = y_pred[k]
+            losses, self._last = stacked_update(w1, w2, x, y, lr)  # member k's predictions: self._last[k]
             return tuple(range(len(self.members))), losses  # a diverged member's later values are ignored
         members = tuple(self.live)
         losses = []
@@ -510,7 +509,7 @@ def _save_member_checkpoint(member: Member, group: dict[str, Any], path: Path) -
     :class:`LitTwoLayerNet` checkpoint and resumes with ``ckpt_path``.
     """
     model = member.model
-    checkpoint = {key: value for key, value in group.items() if key not in ("state_dict", "_StackedData")}
+    checkpoint = {key: value for key, value in group.items() if key not in ("state_dict", _StackedData.__qualname__)}
     checkpoint["state_dict"] = model.state_dict()
     checkpoint["optimizer_states"] = [InPlaceSGD(model.net.named_parameters(), lr=model.hparams.lr).state_dict()]
     checkpoint["hparams_name"] = "kwargs"
