@@ -152,6 +152,49 @@ def test_only_lr_and_seed_may_differ_within_a_group(tmp_path: Path) -> None:
     assert "several" in stacked.why_alone(compose(["trainer=ddp"], tmp_path))
 
 
+def test_derived_sweep_configs_equal_hydras_compositions(tmp_path: Path) -> None:
+    """The launcher gives a job the config of an earlier job with its own lr and seed set: it must be the very
+    config Hydra composes for the job's overrides (values, hydra node, struct flag, resolver cache), or the
+    same error."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.twolayer_lightning_stacked.stacked_launcher import DerivedSweepConfigs
+
+    def outcome(load, overrides):
+        try:
+            config = load(master, overrides)
+        except Exception as err:  # the comparison is of whatever each raises
+            return type(err), str(err)
+        content = OmegaConf.to_yaml(config)
+        return content, config._metadata.resolver_cache, OmegaConf.is_struct(config)
+
+    jobs = [
+        ["optim.lr=1e-6", "seed=0"],
+        ["optim.lr=2e-06", "seed=3"],  # derived from the first
+        ["optim.lr=auto", "seed=1"],
+        ["optim.lr=3e-7", "seed=abc"],  # an int key given a string: Hydra's own error
+        ["optim.lr=1e-7", "model.hidden_features=50", "seed=2"],  # another shape: composed
+        ["optim.lr=5e-7", "model.hidden_features=50", "seed=9"],
+        ["seed=4", "optim.lr=1e-7"],
+        ["optim.lr=1e-6", "hydra.job.config.override_dirname.kv_sep=-", "seed=5"],
+        ["optim.lr=2e-6", "hydra.job.config.override_dirname.kv_sep=-", "seed=6"],
+    ]
+    with hydra.initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration(
+            config_name="config",
+            overrides=["hydra/launcher=stacked", f"hydra.sweep.dir={tmp_path}"],
+            run_mode=RunMode.MULTIRUN,
+        )
+        derived = DerivedSweepConfigs(loader)
+        for job in jobs:
+            assert outcome(derived.load_sweep_config, job) == outcome(loader.load_sweep_config, job), job
+        composed = [shape for _, shape in derived.composed]
+        assert len(composed) == 4  # lr/seed, with a hidden size, seed before lr, with a kv_sep
+
+
 def test_a_group_larger_than_memory_is_split(tmp_path: Path) -> None:
     members = [stacked.prepare(compose([f"seed={seed}"], tmp_path / str(seed))) for seed in range(5)]
     try:
