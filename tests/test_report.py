@@ -8,12 +8,13 @@ import json
 import logging
 import math
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 import yaml
 
-from twolayer_lightning import ConfigError, TrainingDivergedError, run
+from twolayer_lightning import ConfigError, TrainingDivergedError, report, run
 from twolayer_lightning.cli import describe_error
 from twolayer_lightning.report import plot_run, summarize_sweep
 
@@ -116,6 +117,24 @@ def test_plot_run_draws_the_runs_loss_into_a_png(real_sweep, saved_figures, job)
 
 
 @needs_matplotlib
+def test_a_reused_figure_draws_each_run_as_a_new_one_would(real_sweep, tmp_path, monkeypatch):
+    # plot_run draws every run of a thread on one figure (a sweep's jobs): no trace of the run before may stay.
+    empty = tmp_path / "empty"  # no loss logged yet: matplotlib's default limits
+    (empty / "csv").mkdir(parents=True)
+    (empty / "csv" / "metrics.csv").write_text("epoch,step,train_loss\n")
+    runs = [real_sweep / "1", real_sweep / "0", empty, real_sweep / "2", real_sweep / "1"]
+    alone = {}
+    for run_dir in runs:
+        monkeypatch.setattr(report, "_loss_figures", threading.local())  # a new figure for each
+        plot_run(run_dir)
+        alone[run_dir] = (run_dir / "loss.png").read_bytes()
+    monkeypatch.setattr(report, "_loss_figures", threading.local())
+    for run_dir in runs:
+        plot_run(run_dir)
+        assert (run_dir / "loss.png").read_bytes() == alone[run_dir], run_dir
+
+
+@needs_matplotlib
 def test_plot_run_reads_sparse_columns_and_draws_val_loss(tmp_path, saved_figures):
     # As CSVLogger writes metrics logged at different steps: the union of columns, empty cells elsewhere.
     rows = [{"epoch": 0, "step": step, "train_loss": 10.0 / (step + 1), "val_loss": ""} for step in range(12)]
@@ -158,6 +177,7 @@ def test_without_matplotlib_runs_and_sweeps_lose_only_their_pictures(real_sweep,
                 (sweep / job / path.relative_to(real_sweep / job)).write_bytes(path.read_bytes())
     for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
         monkeypatch.setitem(sys.modules, name, None)  # makes `import matplotlib...` raise ImportError
+    monkeypatch.setattr(report, "_loss_figures", threading.local())  # nor the figure an earlier test drew
 
     with caplog.at_level(logging.WARNING, logger="twolayer_lightning.report"):
         assert plot_run(sweep / "0") is None

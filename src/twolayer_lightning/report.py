@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import re
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -224,23 +225,51 @@ def plot_run(run_dir: str | os.PathLike[str]) -> Path | None:
         curves = _read_losses(path)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
-    figure = _figure(f"{run_dir / 'loss.png'}", fixed_margins=True)
-    if figure is None:
+    # Without a point to draw, the limits are matplotlib's defaults for empty axes: a new figure has them.
+    drawn = any(math.isfinite(value) and value > 0 for _, values in curves.values() for value in values)
+    axes = _loss_axes(f"{run_dir / 'loss.png'}", reuse=drawn)
+    if axes is None:
         return None
-    axes = figure.subplots()
     for name, (steps, values) in curves.items():
         if values:
             _plot_loss(axes, steps, values, label=name, marker="." if len(values) < 50 else None)
         bad = next(((step, value) for step, value in zip(steps, values, strict=True) if not math.isfinite(value)), None)
         if bad is not None:
             axes.axvline(bad[0], color="red", linestyle=":", label=f"{name} became {bad[1]} at step {bad[0]}")
-    _style_loss_axes(axes)
+    if drawn:
+        axes.relim()  # the limits of this run's lines only (the figure may have drawn another run's before)
+        axes.autoscale_view()
     axes.legend()
     # y given: the title sits right above the axes, without measuring the axes' labels to place it.
     axes.set_title(_run_title(run_dir), fontsize="medium", y=1.0)
     out = run_dir / "loss.png"
-    _save(figure, out)
+    _save(axes.figure, out)
     return out
+
+
+# One loss figure per thread, drawn again for each run: a sweep's jobs in one process (stacked members,
+# or Hydra's basic launcher) reuse its axes, ticks and text instead of building them, about half of a
+# loss.png's time. Per thread, because a matplotlib figure must not be drawn from two threads at once.
+_loss_figures = threading.local()
+
+
+def _loss_axes(what: str, reuse: bool) -> Axes | None:
+    """The thread's loss axes, emptied of the previous run's lines and legend (new ones unless ``reuse``);
+    None without matplotlib."""
+    axes = getattr(_loss_figures, "axes", None) if reuse else None
+    if axes is None:
+        figure = _figure(what, fixed_margins=True)
+        if figure is None:
+            return None
+        axes = _loss_figures.axes = figure.subplots()
+        _style_loss_axes(axes)
+        return axes
+    for line in list(axes.lines):
+        line.remove()
+    if (legend := axes.get_legend()) is not None:
+        legend.remove()
+    axes.set_prop_cycle(None)  # the first line blue again, as on a new figure
+    return axes
 
 
 def _overrides(job_dir: Path) -> str:
