@@ -3,9 +3,11 @@
 Each variant is the command a user types (``python train.py -m ...`` with the config's defaults:
 CSV logger, checkpoint and loss.png per job, summary at the end), run in a fresh process, the
 variants interleaved, ``--repeats`` times; the table shows medians, spreads and the ratio to the
-basic launcher. After the runs every job's final loss is compared with the basic launcher's
-(same overrides): exact members must be equal (``bitwise: yes``), batched ones are shown with
-their largest relative difference.
+basic launcher. Every repeat also times ``python train.py --cfg job`` (start-up: Python, importing
+torch, Lightning and Hydra, composing the config; what any sweep pays once, whatever its launcher),
+and the column "beyond start-up" is the ratio of the time beyond that start-up. After the runs
+every job's final loss is compared with the basic launcher's (same overrides): exact members
+must be equal (``bitwise: yes``), batched ones are shown with their largest relative difference.
 
 Cases:
 
@@ -56,13 +58,15 @@ def cases(folder: Path) -> dict[str, list[str]]:
     return found
 
 
-def sweep(overrides: list[str], sweep_dir: Path, threads: int | None) -> float:
+def sweep(overrides: list[str], sweep_dir: Path | None, threads: int | None) -> float:
+    """Wall seconds of ``python train.py -m overrides`` into ``sweep_dir``; without one, of ``--cfg job``."""
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
+    command = ["-m", *overrides, f"hydra.sweep.dir={sweep_dir}"] if sweep_dir else ["--cfg", "job"]
     started = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "train.py", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"],
+        [sys.executable, "train.py", *command],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -96,7 +100,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         available = cases(folder)
-        print(f"{'case':8} {'launcher':16} {'jobs':>4} {'wall s':>8} {'spread':>7} {'x basic':>8}  same final losses")
+        startup: list[float] = []
+        print(
+            f"{'case':8} {'launcher':16} {'jobs':>4} {'wall s':>8} {'spread':>7} {'x basic':>8} "
+            f"{'beyond start-up':>16}  same final losses"
+        )
         for case in args.cases.split(","):
             if case not in available:
                 continue
@@ -104,11 +112,13 @@ def main() -> None:
             jobs = len(overrides[-1].split(","))
             times: dict[str, list[float]] = {name: [] for name in launchers}
             for repeat in range(args.repeats):
+                startup.append(sweep([], None, args.threads))
                 for name in launchers:
                     sweep_dir = folder / f"{case}-{name.replace(' ', '-')}-{repeat}"
                     times[name].append(sweep([*LAUNCHERS[name], *overrides], sweep_dir, args.threads))
             reference = final_losses(folder / f"{case}-basic-0") if "basic" in launchers else None
             base = statistics.median(times["basic"]) if "basic" in launchers else None
+            start = statistics.median(startup)
             for name in launchers:
                 median = statistics.median(times[name])
                 spread = (max(times[name]) - min(times[name])) / median
@@ -124,7 +134,14 @@ def main() -> None:
                         status = sum((g is None) != (w is None) for g, w in pairs)
                         same = f"bitwise: no; max relative difference {worst:.2e}, {status} status differ"
                 ratio = f"{median / base:.2f}" if base else ""
-                print(f"{case:8} {name:16} {jobs:>4} {median:8.2f} {spread:7.0%} {ratio:>8}  {same}", flush=True)
+                beyond = f"{(median - start) / (base - start):.2f}" if base else ""
+                print(
+                    f"{case:8} {name:16} {jobs:>4} {median:8.2f} {spread:7.0%} {ratio:>8} {beyond:>16}  {same}",
+                    flush=True,
+                )
+        if startup:
+            median, spread = statistics.median(startup), (max(startup) - min(startup)) / statistics.median(startup)
+            print(f"start-up (python train.py --cfg job): {median:.2f} s, spread {spread:.0%}")
 
 
 if __name__ == "__main__":
