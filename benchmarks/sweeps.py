@@ -17,6 +17,7 @@ Cases:
 
     .venv/bin/python benchmarks/sweeps.py                  # both cases, 3 repeats (about 10 minutes on 2 cores)
     .venv/bin/python benchmarks/sweeps.py --cases seed16 --repeats 1
+    .venv/bin/python benchmarks/sweeps.py --threads 1 --clock cpu      # steadier on a shared machine
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -58,13 +60,14 @@ def cases(folder: Path) -> dict[str, list[str]]:
     return found
 
 
-def sweep(overrides: list[str], sweep_dir: Path | None, threads: int | None) -> float:
-    """Wall seconds of ``python train.py -m overrides`` into ``sweep_dir``; without one, of ``--cfg job``."""
+def sweep(overrides: list[str], sweep_dir: Path | None, threads: int | None, clock: str = "wall") -> float:
+    """Seconds of ``python train.py -m overrides`` into ``sweep_dir`` (without one, of ``--cfg job``): wall
+    time, or with ``clock="cpu"`` the process's CPU time (user + system, all its threads)."""
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     command = ["-m", *overrides, f"hydra.sweep.dir={sweep_dir}"] if sweep_dir else ["--cfg", "job"]
-    started = time.perf_counter()
+    started, children = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run(
         [sys.executable, "train.py", *command],
         cwd=ROOT,
@@ -72,9 +75,11 @@ def sweep(overrides: list[str], sweep_dir: Path | None, threads: int | None) -> 
         capture_output=True,
         text=True,
     )
-    seconds = time.perf_counter() - started
+    seconds, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
         sys.exit(f"{' '.join(overrides)[:200]}: exit {result.returncode}\n{result.stderr[-2000:]}")
+    if clock == "cpu":
+        return after.ru_utime - children.ru_utime + after.ru_stime - children.ru_stime
     return seconds
 
 
@@ -95,6 +100,12 @@ def main() -> None:
     parser.add_argument("--launchers", default=",".join(LAUNCHERS))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the runs (default: torch's)")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: each process's CPU time, steadier on a shared machine (with --threads 1 it is about its wall time)",
+    )
     args = parser.parse_args()
     launchers = args.launchers.split(",")
     with tempfile.TemporaryDirectory() as tmp:
@@ -102,7 +113,7 @@ def main() -> None:
         available = cases(folder)
         startup: list[float] = []
         print(
-            f"{'case':8} {'launcher':16} {'jobs':>4} {'wall s':>8} {'spread':>7} {'x basic':>8} "
+            f"{'case':8} {'launcher':16} {'jobs':>4} {args.clock + ' s':>8} {'spread':>7} {'x basic':>8} "
             f"{'beyond start-up':>16}  same final losses"
         )
         for case in args.cases.split(","):
@@ -112,10 +123,10 @@ def main() -> None:
             jobs = len(overrides[-1].split(","))
             times: dict[str, list[float]] = {name: [] for name in launchers}
             for repeat in range(args.repeats):
-                startup.append(sweep([], None, args.threads))
+                startup.append(sweep([], None, args.threads, args.clock))
                 for name in launchers:
                     sweep_dir = folder / f"{case}-{name.replace(' ', '-')}-{repeat}"
-                    times[name].append(sweep([*LAUNCHERS[name], *overrides], sweep_dir, args.threads))
+                    times[name].append(sweep([*LAUNCHERS[name], *overrides], sweep_dir, args.threads, args.clock))
             reference = final_losses(folder / f"{case}-basic-0") if "basic" in launchers else None
             base = statistics.median(times["basic"]) if "basic" in launchers else None
             start = statistics.median(startup)
