@@ -1,7 +1,8 @@
 """``python train.py -m hydra/launcher=stacked optim.lr=1e-7,5e-7,1e-6,2e-6 seed=0,1,2``
 
 Hydra finds this launcher in the ``hydra_plugins`` namespace package (shipped in the
-twolayer-lightning wheel). It composes every job of the sweep, groups the jobs whose configs
+twolayer-lightning wheel). It gets every job's config (composed from the files once per kind of
+job, the others derived from it: :class:`DerivedSweepConfigs`), groups the jobs whose configs
 differ only in ``optim.lr`` and ``seed``, and trains each group as one Lightning fit
 (:mod:`twolayer_lightning.stacked`); jobs that cannot be stacked (another mode, a resume,
 several devices, mini-batches, validation rows, periodic checkpoints, ``update_path`` lightning or
