@@ -62,10 +62,12 @@ ConfigStore.instance().store(
 DERIVED_KEYS = ("optim.lr", "seed")
 
 
-def _derivable(override: Override) -> bool:
-    """A plain ``optim.lr=value`` or ``seed=value``: a value set after the defaults list is composed."""
+def _derivable(override: Override, loader: ConfigLoader) -> bool:
+    """A plain ``optim.lr=value`` or ``seed=value`` (not a config group of that name): a value set after the
+    defaults list is composed."""
     return (
         override.key_or_group in DERIVED_KEYS
+        and not loader.repository.group_exists(override.key_or_group)
         and override.package is None
         and override.type == OverrideType.CHANGE
         and not override.is_sweep_override()
@@ -96,14 +98,15 @@ class DerivedSweepConfigs:
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
         parsed = OverridesParser.create().parse_overrides(list(sweep_overrides))
-        shape = tuple(f"{o.key_or_group}=*" if _derivable(o) else str(o.input_line) for o in parsed)
+        derived = [o for o in parsed if _derivable(o, self.loader)]
+        shape = tuple(f"{o.key_or_group}=*" if o in derived else str(o.input_line) for o in parsed)
         master, base = self.composed.get((id(master_config), shape), (None, None))
         if master is not master_config or base is None:
             base = self.loader.load_sweep_config(master_config, list(sweep_overrides))
             self.composed[(id(master_config), shape)] = (master_config, base)
             return copy.deepcopy(base)
         config = copy.deepcopy(base)
-        ConfigLoaderImpl._apply_overrides_to_config([o for o in parsed if _derivable(o)], config)
+        ConfigLoaderImpl._apply_overrides_to_config(derived, config)
         job = [o for o in parsed if not o.is_hydra_override()]
         config.hydra.overrides.task = [o.input_line for o in job]
         names = config.hydra.job.config.override_dirname
