@@ -248,7 +248,7 @@ def plot_run(run_dir: str | os.PathLike[str]) -> Path | None:
 
 
 # One loss figure per thread, drawn again for each run: a sweep's jobs in one process (stacked members,
-# or Hydra's basic launcher) reuse its axes, ticks and text instead of building them, about half of a
+# or Hydra's basic launcher) reuse its axes, ticks and text instead of building them, about a third of a
 # loss.png's time. Per thread, because a matplotlib figure must not be drawn from two threads at once.
 _loss_figures = threading.local()
 
