@@ -196,8 +196,40 @@ class StopOnSignal(L.Callback):
         self.received = None
         # Lightning registers its handlers before this hook and restores every signal's
         # handler (SIGINT's included) when the fit tears down.
-        if threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is threading.main_thread() and not self._agreed_stop(trainer, pl_module):
             signal.signal(signal.SIGINT, self._make_sigint_handler(trainer))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is threading.main_thread() and self._agreed_stop(trainer, pl_module):
+            # Several processes: Lightning's SIGTERM handler runs a collective (a broadcast) inside the
+            # handler, wherever this rank happens to be, and its loops stop each rank on its own flag:
+            # the ranks then wait in collectives the others never join. Here both signals only ask the
+            # module, whose ranks agree after an update to stop after it (LitTwoLayerNet.request_stop).
+            # Set here, after Lightning has registered its SIGTERM handler (and noted the handlers to
+            # restore when the fit tears down), which it does after on_fit_start.
+            handler = self._make_request_handler(pl_module.request_stop)
+            signal.signal(signal.SIGTERM, handler)
+            signal.signal(signal.SIGINT, handler)
+
+    @staticmethod
+    def _agreed_stop(trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+        """Several processes, and a module whose ranks agree on a stop (:meth:`LitTwoLayerNet.request_stop`)."""
+        return trainer.world_size > 1 and callable(getattr(pl_module, "request_stop", None))
+
+    def _make_request_handler(self, request_stop: Any) -> Any:
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            if signum == signal.SIGINT and self.received is not None:
+                raise KeyboardInterrupt  # the second Ctrl-C (or one after SIGTERM): stop now
+            log.info(
+                "%s: all processes stop after an update they agree on%s",
+                "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name,
+                " (press Ctrl-C again to stop at once)" if signum == signal.SIGINT else "",
+            )
+            if self.received is None or signum == signal.SIGTERM:
+                self.received = signum
+            request_stop(signum)
+
+        return on_signal
 
     def _make_sigint_handler(self, trainer: L.Trainer) -> Any:
         def on_sigint(signum: int, frame: FrameType | None) -> None:

@@ -19,6 +19,7 @@ import math
 import os
 import platform
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -387,6 +388,9 @@ def _train_in(cfg: DictConfig, out: Path, after_fit: contextlib.ExitStack) -> di
             # Lightning ended the fit at the end of a training step after SIGTERM (or Ctrl-C, which
             # StopOnSignal routes there); the module stopped its updates at the first one after it.
             interrupted = stopper.received or signal.SIGTERM
+        if cfg.mode == "train" and model.stopped_by is not None:
+            # Several processes stop together on a signal (LitTwoLayerNet.request_stop): the fit ends normally.
+            interrupted = model.stopped_by
         # Lightning has put the process's own handlers back: a signal from here on is held until
         # last.ckpt and metrics.json are written, so that it cannot cut them short.
         held = after_fit.enter_context(_signals_held())
@@ -413,6 +417,7 @@ def _train_in(cfg: DictConfig, out: Path, after_fit: contextlib.ExitStack) -> di
         _write_metrics(out, metrics)
         if cfg.logger == "csv" and cfg.mode == "train":
             plot_run(out)  # loss.png; without matplotlib, one warning line and no picture
+    _wait_for_other_ranks(trainer)
     if held and not interrupted:
         raise TrainingInterruptedError(
             f"interrupted by {signal.Signals(held[0]).name} after training had finished; its files in {out} are "
@@ -436,6 +441,20 @@ def _train_in(cfg: DictConfig, out: Path, after_fit: contextlib.ExitStack) -> di
             summary = f"{ckpt_path}: {metrics['num_samples']} predictions in predictions.npy"
         log.info("done: %s, %s; files in %s", cfg.mode, summary, out)
     return metrics
+
+
+def _wait_for_other_ranks(trainer: L.Trainer, timeout: float = 60.0) -> None:
+    """DDP: rank 0 waits for the ranks Lightning started as its child processes, so that none outlives it.
+
+    They end on their own after the checkpoint's save (the last collective); one still running after
+    ``timeout`` seconds is killed.
+    """
+    for process in getattr(trainer.strategy.launcher, "procs", ()):  # Lightning's _SubprocessScriptLauncher
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _new_model(

@@ -134,6 +134,10 @@ class LitTwoLayerNet(L.LightningModule):
         self.diverged_at: int | None = None  # the first step (the seed's t) whose loss was inf or nan
         self.dead_units: float = math.nan  # share of hidden units dead at the end of the last fit, 0..1
         self._pending: list[torch.Tensor] = []  # losses not yet brought to the host
+        # With several processes: a signal this rank received (set by request_stop), and the one all
+        # ranks agreed to stop on (see training_step); one process stops through Lightning's flag instead.
+        self.stop_requested: int | None = None
+        self.stopped_by: int | None = None
         self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (x, y, y_pred) of the last update
         self._path: str = update_path  # the path this fit takes, settled in on_train_start
         self._update: _Update | None = None  # runs one update of that path; made in on_train_start
@@ -185,6 +189,10 @@ class LitTwoLayerNet(L.LightningModule):
 
     def configure_optimizers(self) -> InPlaceSGD:
         return InPlaceSGD(self.net.named_parameters(), lr=self.hparams.lr)
+
+    def on_fit_start(self) -> None:
+        # Before the signal handlers that may request a stop are set (StopOnSignal, in on_train_start).
+        self.stop_requested = self.stopped_by = None
 
     def on_train_start(self) -> None:
         self._first_step = self.global_step  # 0 for a fresh fit; a resume starts where its checkpoint ended
@@ -241,8 +249,8 @@ class LitTwoLayerNet(L.LightningModule):
         if self.trainer.max_steps > 0:
             updates = min(updates, self.trainer.max_steps - start)
         # One CPU process can look at every loss for free and stop at the very step it turns inf or
-        # nan; on a GPU that would be a sync per step, and DDP ranks must report in step with each
-        # other, so those look at each interval's losses together.
+        # nan; on a GPU that would be a sync per step, so it looks at each interval's losses together.
+        # DDP ranks agree on every update (see _agree): they must stop after the same one.
         world_size = self.trainer.world_size
         check_each = world_size == 1 and x.device.type == "cpu"
         diverged = stopping = False
@@ -250,14 +258,19 @@ class LitTwoLayerNet(L.LightningModule):
         update, pending, trainer = self._update, self._pending, self.trainer
         for _ in range(updates):
             loss, y_pred = update(x, y)  # one seed update, counted in global_step
+            if world_size > 1:
+                loss, diverged, stopping = self._agree(loss)
+                pending.append(loss)
+                if diverged or stopping:
+                    break
+                continue
             pending.append(loss)
             if check_each and not math.isfinite(loss.item()):
                 diverged = True
                 break
-            if world_size == 1 and trainer.received_sigterm:
+            if trainer.received_sigterm:
                 # SIGTERM (or Ctrl-C, see checkpoints.StopOnSignal): stop after this update, not after the
                 # step's remaining ones; Lightning's loop then ends the fit at the end of this step.
-                # (Several processes stop together at the end of a step, as Lightning syncs them there.)
                 stopping = True
                 break
         self._last = (x, y, y_pred)
@@ -270,12 +283,44 @@ class LitTwoLayerNet(L.LightningModule):
                 self.log("train_loss", self.last_loss, logger=False, prog_bar=True)
         return loss
 
+    def _agree(self, loss: torch.Tensor) -> tuple[torch.Tensor, bool, bool]:
+        """DDP, after each update: the full batch's loss, and whether to stop, the same on every rank.
+
+        One all-reduce sums this rank's loss (the full batch's) and whether it was asked to stop
+        (:meth:`request_stop`); when any rank was, a second one takes the largest signal number
+        asked for (SIGTERM over SIGINT). Every rank gets
+        the same numbers after the same update, so all stop after it, for a signal to any of them or
+        for a loss that is inf or nan: none waits in a collective that another never joins.
+        ``trainer.should_stop`` then ends the fit at the end of this step on every rank.
+        """
+        asked = self.stop_requested or 0
+        reduce = self.trainer.strategy.reduce  # an all-reduce, in place
+        total = reduce(torch.stack([loss.detach().reshape(()), loss.new_tensor(float(asked > 0))]), reduce_op="sum")
+        full_loss, anyone_asked = total.tolist()  # one sync per update (Lightning's loop makes one too)
+        signum = 0
+        if anyone_asked:  # the same on every rank, and so is this second all-reduce: the signal's number
+            signum = int(reduce(loss.new_tensor([float(asked)]), reduce_op="max").item())
+        diverged = not math.isfinite(full_loss)
+        if signum and not diverged:
+            self.stopped_by = signum
+            self.trainer.should_stop = True
+        return total[0], diverged, self.stopped_by is not None
+
+    def request_stop(self, signum: int) -> None:
+        """Ask a fit over several processes to stop after the current update, on signal ``signum``.
+
+        Safe in a signal handler: it only records the request. The ranks agree on it after the
+        next update (:meth:`_agree`) and all stop there; :attr:`stopped_by` then holds the signal.
+        """
+        self.stop_requested = max(self.stop_requested or 0, int(signum))
+
     def on_train_end(self) -> None:
         self._update = None  # a later fit starts afresh (a CUDA graph would hold this fit's batch tensors)
         self._report()
         if self.diverged_at is None and self._last is not None:
             self._measure_dead_units()
-            self._warn_if_stalled()
+            if self.stopped_by is None:  # an interrupted run's tail says nothing about its lr
+                self._warn_if_stalled()
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
@@ -316,10 +361,8 @@ class LitTwoLayerNet(L.LightningModule):
         """Bring the pending losses to the host, log them, and stop at the first inf or nan."""
         if not self._pending:
             return
-        pending = torch.stack(self._pending)
-        if self.trainer.world_size > 1:
-            pending = self.trainer.strategy.reduce(pending, reduce_op="sum")  # the full batch's loss
-        pending = pending.cpu().tolist()  # the one sync of the interval
+        # With several processes each loss is already the full batch's, summed over ranks by _agree.
+        pending = torch.stack(self._pending).cpu().tolist()  # the one sync of the interval
         self._pending = []
         first_t = self.global_step - len(pending)  # the seed's t of pending[0]
         bad = next((i for i, value in enumerate(pending) if not math.isfinite(value)), None)
