@@ -9,14 +9,22 @@ where the loss is about 3e-5 and is the difference of nearly equal numbers) and 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from twolayer_lightning import run
+
+ROOT = Path(__file__).resolve().parents[1]
+DDP = ("trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu")
 
 
 def losses(run_dir: Path) -> torch.Tensor:
@@ -78,3 +86,58 @@ def test_ddp_with_fewer_rows_than_processes_is_refused(tmp_path):
 
     with pytest.raises(ConfigError, match=r"data\.num_samples=1 is not allowed with 2 DDP processes"):
         run(["trainer=ddp", "data.num_samples=1"], output_dir=tmp_path)
+
+
+def signal_ddp_run(run_dir: Path, signum: int, to_group: bool, timeout: float = 60) -> tuple[int, list[str]]:
+    """Start a long 2-process DDP run, send `signum` to rank 0 (or its whole process group) once training is
+    under way, and wait; return its exit status and the processes of its group still alive after it ended.
+    Whatever is left is killed: a hang fails the test, it never outlives it."""
+    process = subprocess.Popen(
+        [sys.executable, "train.py", *DDP, "trainer.max_steps=1000000", f"hydra.run.dir={run_dir}"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group: rank 0 and the rank it starts
+    )
+    try:
+        for line in process.stdout:
+            if "step 49  loss" in line:  # both ranks are in the training loop
+                break
+        (os.killpg if to_group else os.kill)(process.pid, signum)
+        process.communicate(timeout=timeout)  # reads the rest: a full pipe must not stop the run
+        left = subprocess.run(["pgrep", "-g", str(process.pid)], capture_output=True, text=True).stdout.split()
+        return process.returncode, left
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@pytest.mark.slow
+def test_ddp_signals_stop_every_rank_after_the_same_update_ten_times_out_of_ten(tmp_path):
+    # Each rank stopping on its own flag left one waiting in a collective the other never joined (and
+    # Lightning's handler runs a collective inside the signal handler): a hang in 4 tries out of 6.
+    cases = [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGTERM, True), (signal.SIGINT, True)]
+    for i in range(10):
+        signum, to_group = cases[i % len(cases)]
+        run_dir = tmp_path / str(i)
+        code, left = signal_ddp_run(run_dir, signum, to_group)
+        assert code == 128 + signum, (i, signum, to_group)
+        assert not left, f"processes left after rank 0 ended: {left}"
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert (metrics["status"], metrics["signal"]) == ("interrupted", signal.Signals(signum).name)
+        checkpoint = torch.load(run_dir / "last.ckpt", weights_only=True)
+        assert checkpoint["global_step"] == metrics["global_step"]  # saved once, after the update all agreed on
+        assert len(losses(run_dir)) == metrics["global_step"]  # every update's full-batch loss, once
+        assert not (run_dir / ".lock").exists()
+
+
+@pytest.mark.slow
+def test_ddp_divergence_stops_every_rank_at_its_step_and_saves_nothing(tmp_path, train_py):
+    # The ranks used to look at losses every log interval only; a signal in between saved nan weights.
+    result = train_py(*DDP, "optim.lr=1e-3", "trainer.max_steps=20000", f"hydra.run.dir={tmp_path}", timeout=120)
+    assert result.returncode == 2, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert (metrics["status"], metrics["diverged_at_step"], metrics["global_step"]) == ("diverged", 2, 3)
+    assert not (tmp_path / "last.ckpt").exists()
