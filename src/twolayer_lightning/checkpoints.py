@@ -8,7 +8,8 @@
 - :func:`read_checkpoint` loads a checkpoint for a resume and turns an empty, truncated or foreign
   file into one line; :func:`newest_checkpoint` finds what ``ckpt_path=last`` resumes.
 - :class:`StopOnSignal` (a Lightning callback) routes Ctrl-C into Lightning's own SIGTERM handling,
-  so that both signals end the fit after the current update, in a state that resumes bitwise.
+  so that both signals end the fit after the current update, in a state that resumes bitwise; with
+  several processes both signals ask the module instead, whose ranks agree on the update to stop after.
 
 No Hydra here: these work with a plain ``lightning.Trainer``.
 """
@@ -182,6 +183,10 @@ class StopOnSignal(L.Callback):
     its updates within the step as soon as it sees the flag. This callback adds SIGINT (Ctrl-C)
     to that path for the fit, so both signals stop at an update boundary instead of Python's
     KeyboardInterrupt landing in the middle of an update; a second Ctrl-C interrupts at once.
+    With several processes (DDP) and a module that has ``request_stop``
+    (:class:`~twolayer_lightning.LitTwoLayerNet`), both signals only ask the module: its ranks agree
+    after an update to stop after that one, all of them, and the fit then ends normally with
+    ``pl_module.stopped_by`` set (Lightning's own SIGTERM path can leave ranks waiting on each other).
     It also stamps every checkpoint with the package's checkpoint format and version.
 
     Attributes:
@@ -194,8 +199,8 @@ class StopOnSignal(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.received = None
-        # Lightning registers its handlers before this hook and restores every signal's
-        # handler (SIGINT's included) when the fit tears down.
+        # Lightning notes every signal's handler when it registers its SIGTERM handler (after this
+        # hook) and puts those back when the fit tears down.
         if threading.current_thread() is threading.main_thread() and not self._agreed_stop(trainer, pl_module):
             signal.signal(signal.SIGINT, self._make_sigint_handler(trainer))
 

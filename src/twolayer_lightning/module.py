@@ -59,7 +59,10 @@ class LitTwoLayerNet(L.LightningModule):
     The loss of every step is kept on the device and looked at every ``log_every_n_steps``
     steps of the Trainer (one device sync per interval, not per step): each step's loss goes to
     the logger, the last one to the console, and a loss that is inf or nan stops training and
-    is recorded with the step where it first appeared (:attr:`diverged_at`).
+    is recorded with the step where it first appeared (:attr:`diverged_at`). With several processes
+    (DDP) the ranks sum their losses after every update instead, so that all of them stop after the
+    same one: at a loss that is inf or nan, or at a stop asked for by :meth:`request_stop` on any rank
+    (a signal; :attr:`stopped_by` then names it).
 
     Args:
         in_features: D_in, the number of input features.
