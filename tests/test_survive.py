@@ -97,7 +97,7 @@ def test_a_signal_after_the_fit_waits_until_the_files_are_written(tmp_path, monk
     def plot_and_get_a_sigterm(run_dir: Path) -> None:
         os.kill(os.getpid(), signal.SIGTERM)  # held: without that, this process would end here
 
-    monkeypatch.setattr("twolayer_lightning.cli.plot_run", plot_and_get_a_sigterm)
+    monkeypatch.setattr("twolayer_lightning.results.plot_run", plot_and_get_a_sigterm)
     with pytest.raises(TrainingInterruptedError, match="after training had finished") as info:
         run(["trainer.max_steps=3"], output_dir=tmp_path / "run")
     assert info.value.exit_code == 143
@@ -209,7 +209,7 @@ def test_a_full_disk_while_writing_anything_else_is_one_line(tmp_path, monkeypat
     def plot_on_a_full_disk(run_dir: Path) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / "loss.png"))
 
-    monkeypatch.setattr("twolayer_lightning.cli.plot_run", plot_on_a_full_disk)
+    monkeypatch.setattr("twolayer_lightning.results.plot_run", plot_on_a_full_disk)
     with pytest.raises(DiskFullError) as info:
         run(["trainer.max_steps=2"], output_dir=tmp_path / "run")
     assert describe_error(info.value).startswith(f"error: no space left on the device writing {tmp_path / 'run'}")

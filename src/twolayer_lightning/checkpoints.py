@@ -30,17 +30,13 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from twolayer_lightning.config import ConfigError
+from twolayer_lightning.errors import ConfigError, DiskFullError
 
 log = logging.getLogger(__name__)
 
 # Bumped when a checkpoint of this package changes in a way an older or newer version cannot resume.
 CHECKPOINT_FORMAT = 1
 STAMP_KEY = "twolayer_lightning"  # the checkpoint's entry {"format": ..., "version": ...}
-
-
-class DiskFullError(OSError):
-    """A checkpoint did not fit on its filesystem; the previous checkpoints are intact."""
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

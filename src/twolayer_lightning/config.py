@@ -18,6 +18,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from twolayer_lightning.errors import ConfigError
+
 ACCELERATORS = ("cpu", "gpu", "auto")
 # Precisions the exact update can honour: the seed's float32, or float64 throughout.
 PRECISIONS = ("32-true", "32", "64-true", "64")
@@ -126,14 +128,6 @@ def _processes(cfg: Any) -> int | None:
 def register_configs() -> None:
     """Register the schema as ``schema`` in Hydra's ConfigStore (``conf/config.yaml`` extends it)."""
     ConfigStore.instance().store(name="schema", node=Config)
-
-
-class ConfigError(ValueError):
-    """One or more config values are out of range; ``problems`` holds one line per value."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
 
 
 def unknown_keys(cfg: Any) -> list[str]:

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
+from twolayer_lightning.errors import DataError
+
 log = logging.getLogger(__name__)
 
 
@@ -177,10 +179,6 @@ def _repeat_full_batch(
 # --- A user's own regression data, from files --------------------------------------------------
 
 SUFFIXES = (".npy", ".npz", ".pt", ".csv")
-
-
-class DataError(ValueError):
-    """A data file cannot be used. The one-line message names the file, what is wrong, the value seen and the fix."""
 
 
 def load_regression_arrays(

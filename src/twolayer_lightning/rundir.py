@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from twolayer_lightning.config import ConfigError, validate
+from twolayer_lightning.config import validate
+from twolayer_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +184,8 @@ class RunDirLock:
 
 def is_rank_zero() -> bool:
     """False in the extra processes Lightning starts for DDP, which share rank 0's run dir."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only  # here: a config check needs no Lightning
+
     return rank_zero_only.rank == 0
 
 
@@ -197,12 +199,12 @@ class RunDirGuard(Callback):
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if not is_rank_zero():
-            return
         try:
             validate(config)
         except ConfigError:
             return  # train() reports a bad value, and such a run must leave no folder behind
+        if not is_rank_zero():
+            return
         run_dir = _run_dir(config)
         try:
             check_run_dir(run_dir, config.ckpt_path is not None or slurm_requeued(), config.mode)
