@@ -240,8 +240,8 @@ class RunDirGuard(Callback):
 
 def _run_dir(config: DictConfig) -> Path:
     """Where the run will write: ``output_dir`` when given, else ``hydra.run.dir`` (its default's target)."""
-    node = config._get_node("output_dir")
-    if node is not None and "hydra:runtime.output_dir" not in str(node._value()):
+    given = OmegaConf.to_container(config, resolve=False).get("output_dir")  # unresolved: ${...} as written
+    if given is not None and "hydra:runtime.output_dir" not in str(given):
         return Path(str(config.output_dir))
     return Path(str(OmegaConf.select(config, "hydra.run.dir")))
 
