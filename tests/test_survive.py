@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from twolayer_lightning import ConfigError, SyntheticRegressionData, TrainingInterruptedError, run
+from twolayer_lightning import ConfigError, SyntheticRegressionData, TrainingInterruptedError, run, training
 from twolayer_lightning.checkpoints import CHECKPOINT_FORMAT, STAMP_KEY, AtomicCheckpointIO, DiskFullError
 from twolayer_lightning.cli import describe_error, main
 from twolayer_lightning.rundir import LOCK_FILE, RunDirLock
@@ -353,3 +353,31 @@ def test_an_interrupted_run_dir_takes_only_a_resume(tmp_path):
     with pytest.raises(ConfigError, match="holds an interrupted run; resume it with"):
         run(["logger=none", "trainer.max_steps=5"], output_dir=out)
     assert run(["logger=none", "trainer.max_steps=8", "ckpt_path=last"], output_dir=out)["global_step"] == 8
+
+
+@pytest.mark.parametrize(
+    ("where", "signum"),
+    [
+        ("twolayer_lightning.training.make_data", signal.SIGTERM),
+        ("twolayer_lightning.training.search_lr", signal.SIGINT),
+    ],
+)
+def test_a_signal_while_the_run_is_set_up_ends_it_with_one_line_and_a_record(tmp_path, monkeypatch, where, signum):
+    """SIGTERM while the data loads, Ctrl-C in the lr range test: one line, exit 128 + signal, metrics.json says
+    interrupted, the lock is gone, and the folder takes the run again (nothing was trained to resume)."""
+    original = getattr(training, where.rsplit(".", 1)[1])
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signum)  # arrives while this stage runs, as a scheduler's or a user's would
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(where, signalled)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingInterruptedError, match=r"while the run was set up.*start it again") as info:
+        run(["optim.lr=auto", "trainer.max_steps=20"], output_dir=out)
+    assert info.value.exit_code == 128 + signum
+    assert json.loads((out / "metrics.json").read_text())["status"] == "interrupted"
+    assert not (out / LOCK_FILE).exists() and not (out / "last.ckpt").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers are back
+    monkeypatch.undo()
+    assert run(["trainer.max_steps=20"], output_dir=out)["status"] == "ok"

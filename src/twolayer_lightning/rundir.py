@@ -2,11 +2,12 @@
 
 :func:`check_run_dir` refuses, with one line each, a folder that is a file, cannot be written, or
 already holds a finished run (``metrics.json`` with a status other than ``interrupted``); a run
-that stopped early (interrupted, or killed with no status) may only be resumed there
-(``ckpt_path=last``). :class:`RunDirLock` keeps a second process out of a folder in use: the
-lock file holds its owner's pid and host, and a lock whose process is gone (a kill -9) is taken
-over. :class:`RunDirGuard` runs both as a Hydra callback before Hydra writes ``.hydra/`` or opens
-``train.log``, so a refused run touches nothing of the run it was refused for.
+that stopped early with a checkpoint (interrupted, or killed with no status) may only be resumed
+there (``ckpt_path=last``); one interrupted before it saved anything may start again.
+:class:`RunDirLock` keeps a second process out of a folder in use: the lock file holds its owner's
+pid and host, and a lock whose process is gone (a kill -9) is taken over. :class:`RunDirGuard`
+runs both as a Hydra callback before Hydra writes ``.hydra/`` or opens ``train.log``, so a refused
+run touches nothing of the run it was refused for.
 """
 
 from __future__ import annotations
@@ -75,11 +76,12 @@ def check_run_dir(run_dir: Path, resuming: bool, mode: str = "train") -> None:
         )
     if resuming:
         return
-    if status == "interrupted":
+    checkpoint = has_checkpoint(run_dir)
+    if status == "interrupted" and checkpoint:
         raise ConfigError(
             [f"{where} holds an interrupted run; resume it with `{resume_hint(run_dir)}`, or {FINISHED_ELSEWHERE}"]
         )
-    if has_checkpoint(run_dir):
+    if checkpoint:
         raise ConfigError(
             [
                 f"{where} holds a run that stopped without a {METRICS_FILE} (killed?) and left checkpoints; resume it "

@@ -33,11 +33,18 @@ from twolayer_lightning import results
 from twolayer_lightning.checkpoints import AtomicCheckpointIO, StopOnSignal, newest_checkpoint, read_checkpoint
 from twolayer_lightning.config import updates_per_step, validate
 from twolayer_lightning.data import FileRegressionData, SyntheticRegressionData, load_inputs
-from twolayer_lightning.errors import ConfigError, DataError
+from twolayer_lightning.errors import ConfigError, DataError, TrainingInterruptedError
 from twolayer_lightning.model import TwoLayerNet
 from twolayer_lightning.module import LitTwoLayerNet, UpdateProgressBar
 from twolayer_lightning.optim import search_lr
-from twolayer_lightning.rundir import RunDirLock, check_run_dir, is_rank_zero, slurm_requeued
+from twolayer_lightning.rundir import (
+    RunDirLock,
+    check_run_dir,
+    has_checkpoint,
+    is_rank_zero,
+    resume_hint,
+    slurm_requeued,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +88,50 @@ def signals_held() -> Iterator[list[int]]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+class _SetUpInterrupted(Exception):
+    """SIGTERM or SIGINT came while a run was set up, before its Trainer took the signals over."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals_stop_set_up() -> Iterator[None]:
+    """SIGTERM and SIGINT end the set-up (reading data, the lr range test) at once, as :class:`_SetUpInterrupted`.
+
+    Without this a SIGTERM there would end the process with no line and its lock left behind. It
+    is left before a Trainer stage starts: Lightning's handlers take the signals over there, and
+    would call a handler of this context's as well.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise _SetUpInterrupted(signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in HELD_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _set_up_interrupted(cfg: DictConfig, out: Path, signum: int, step: int) -> TrainingInterruptedError:
+    """Record a run interrupted before its stage started (where its folder exists) and say what to do."""
+    if out.is_dir() and is_rank_zero():
+        record = {"status": "interrupted", "mode": cfg.mode, "signal": signal.Signals(signum).name}
+        results.write_metrics(out, {**record, "global_step": step, "seed": cfg.seed})
+    then = f"resume with `{resume_hint(out)}`" if has_checkpoint(out) else "nothing was trained: start it again"
+    return TrainingInterruptedError(
+        f"interrupted by {signal.Signals(signum).name} while the run was set up (reading the data, the lr range "
+        f"test), before its first update; {then}",
+        signum,
+    )
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -328,17 +379,23 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     lock = RunDirLock(out.absolute()) if is_rank_zero() else None
     if lock is not None:
         lock.acquire()
+    checkpoint = None
     try:
-        ckpt_path = _resolve_ckpt_path(cfg, out)
-        checkpoint = read_checkpoint(ckpt_path) if ckpt_path is not None else None
+        with _signals_stop_set_up():
+            ckpt_path = _resolve_ckpt_path(cfg, out)
+            checkpoint = read_checkpoint(ckpt_path) if ckpt_path is not None else None
         if cfg.mode == "predict" and cfg.data.kind == "files":
             return _predict_file(cfg, out, ckpt_path, checkpoint)
         run_mode = {"train": _fit, "validate": _validate, "predict": _predict}[cfg.mode]
         with isolated_global_state():
             # One generator draws x, y, w1, w2 in the seed's order: the data first, then the weights.
             generator = torch.Generator().manual_seed(cfg.seed)
-            data = make_data(cfg, generator)
+            with _signals_stop_set_up():
+                data = make_data(cfg, generator)
             return run_mode(cfg, out, data, generator, ckpt_path, checkpoint)
+    except _SetUpInterrupted as err:
+        step = int(checkpoint["global_step"]) if checkpoint is not None else 0
+        raise _set_up_interrupted(cfg, out, err.signum, step) from None
     except OSError as err:
         raise results.disk_full(err, out) from err
     finally:
@@ -355,7 +412,8 @@ def _fit(
     checkpoint: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """``mode=train``: fit a new network (or resume ``checkpoint``), then :func:`results.finish`."""
-    lr, lr_search = choose_lr(cfg, data, generator, checkpoint)
+    with _signals_stop_set_up():
+        lr, lr_search = choose_lr(cfg, data, generator, checkpoint)
     resumed_from = None
     if checkpoint is not None:
         _check_resumable(cfg, data, ckpt_path, checkpoint, lr)
