@@ -12,6 +12,7 @@ import copy
 import functools
 import gc
 import importlib
+import json
 import logging
 import math
 import os
@@ -38,6 +39,7 @@ from twolayer_lightning.errors import (
     TrainingInterruptedError,
 )
 from twolayer_lightning.report import summarize_sweep
+from twolayer_lightning.rundir import METRICS_FILE, has_checkpoint, recorded_status
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +145,29 @@ def _config_files_stamp() -> tuple[tuple[str, int], ...]:
     return tuple((str(path), path.stat().st_mtime_ns) for path in sorted(root.rglob("*.yaml")))
 
 
+def _kept_job(cfg: DictConfig) -> float | None:
+    """A job of a sweep resumed in place (``ckpt_path=last``): its recorded objective when it had finished.
+
+    A job that finished (``ok`` or ``diverged``) is kept as it is, not trained again; None for the
+    others, which train: from their newest checkpoint, or afresh where they had saved none
+    (never started, or stopped before their first checkpoint).
+    """
+    if cfg.ckpt_path != "last":
+        return None
+    out = Path(cfg.output_dir)
+    status = recorded_status(out)
+    if status in (None, "interrupted"):
+        if not has_checkpoint(out):
+            cfg.ckpt_path = None
+        return None
+    if status == "unreadable":
+        return None  # the run's own checks say what is wrong with it
+    metrics = json.loads((out / METRICS_FILE).read_text())
+    log.info("job kept: it had finished (status %s) in %s; not trained again", status, out)
+    value = metrics.get("val_loss", metrics.get("train_loss"))
+    return math.inf if value is None or status != "ok" else float(value)
+
+
 def _task(cfg: DictConfig) -> float:
     """The Hydra task: train, and return the :func:`objective` for sweepers (+inf for a failed sweep job)."""
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
@@ -161,7 +186,8 @@ def _task(cfg: DictConfig) -> float:
         raise SystemExit(2)
     try:
         if multirun:
-            return sweep_objective(lambda: _train_in_this_process(cfg))
+            kept = _kept_job(cfg)
+            return kept if kept is not None else sweep_objective(lambda: _train_in_this_process(cfg))
         return objective(_train_in_this_process(cfg))
     except TrainingInterruptedError as err:
         # A signal ends the whole sweep, not just this job: launch nothing more, but summarise

@@ -66,7 +66,7 @@ def check_run_dir(run_dir: Path, resuming: bool, mode: str = "train") -> None:
         raise ConfigError(
             [f"{where} is not writable ({str(existing)!r} is read-only for this user); {FINISHED_ELSEWHERE}"]
         )
-    status = _status(run_dir)
+    status = recorded_status(run_dir)
     if status is not None and (status != "interrupted" or mode != "train"):
         raise ConfigError(
             [
@@ -90,7 +90,7 @@ def check_run_dir(run_dir: Path, resuming: bool, mode: str = "train") -> None:
         )
 
 
-def _status(run_dir: Path) -> str | None:
+def recorded_status(run_dir: Path) -> str | None:
     """The status in ``run_dir/metrics.json``; None without one, ``"unreadable"`` for a broken one."""
     try:
         metrics = json.loads((run_dir / METRICS_FILE).read_text())
@@ -226,6 +226,8 @@ class RunDirGuard(Callback):
             RunDirLock(_run_dir(config).absolute()).release()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.get("ckpt_path") == "last":
+            return  # the sweep resumed in place: each job keeps, resumes or starts its run (see cli)
         sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir")))
         finished = sorted(sweep_dir.glob(f"**/{METRICS_FILE}")) if sweep_dir.is_dir() else []
         if finished:
@@ -233,8 +235,8 @@ class RunDirGuard(Callback):
                 ConfigError(
                     [
                         f"hydra.sweep.dir={str(sweep_dir)!r} already holds a sweep's results ({finished[0]}); choose "
-                        "another hydra.sweep.dir (resume one interrupted job with `python train.py "
-                        "hydra.run.dir=<its job dir> ckpt_path=last <its overrides>`)"
+                        "another hydra.sweep.dir, or resume that sweep in place: its command with "
+                        f"hydra.sweep.dir={sweep_dir} ckpt_path=last"
                     ]
                 )
             )
