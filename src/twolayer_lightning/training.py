@@ -203,12 +203,11 @@ def _keep_csv_history(logger: Any, resume_step: int) -> None:
     if not path.is_file():
         return
     with path.open(newline="") as file:
-        reader = csv.DictReader(file)
-        keys = list(reader.fieldnames or [])
-        rows = [row for row in reader if _step_of(row) < resume_step]
+        rows = [row for row in csv.DictReader(file) if _step_of(row) < resume_step]
     writer = logger.experiment  # deletes the old file
-    writer.metrics_keys = keys
-    writer.metrics = rows
+    for row in rows:  # the cells as they were written: the same text comes back
+        step = int(float(row.pop("step")))
+        writer.log_metrics(row, step=step)
     writer.save()
 
 
