@@ -39,7 +39,13 @@ from twolayer_lightning.errors import (
     TrainingInterruptedError,
 )
 from twolayer_lightning.report import summarize_sweep
-from twolayer_lightning.rundir import METRICS_FILE, has_checkpoint, recorded_status
+from twolayer_lightning.rundir import (
+    METRICS_FILE,
+    command,
+    has_checkpoint,
+    recorded_status,
+    started_from_command_line,
+)
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +185,7 @@ def _task(cfg: DictConfig) -> float:
         err = ConfigError(
             [
                 "trainer.strategy='ddp' cannot run inside a -m sweep: run each DDP job as its own "
-                "`python train.py trainer=ddp ...`, or sweep with one process per job"
+                f"`{command() or 'python train.py'} trainer=ddp ...`, or sweep with one process per job"
             ]
         )
         print(describe_error(err), file=sys.stderr)
@@ -250,6 +256,7 @@ def main() -> None:
     Set ``HYDRA_FULL_ERROR=1`` to see the full traceback instead.
     """
     full_error = _user_wants_tracebacks()
+    started_from_command_line(sys.argv[0])
     if not full_error:
         # With this set Hydra raises its errors instead of printing them with a traceback, so that
         # they can be shown here as one line. The marker tells it from a user's setting, also in

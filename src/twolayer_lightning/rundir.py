@@ -33,9 +33,29 @@ LOCK_FILE = ".lock"
 FINISHED_ELSEWHERE = "choose another dir (hydra.run.dir=... or run(..., output_dir=...))"
 
 
+_started_with: list[str] = []  # the command line's words for this process's runs, once cli.main has said them
+
+
+def started_from_command_line(program: str) -> None:
+    """Say that this process's runs come from the command line ``program`` (``sys.argv[0]``), so that the
+    commands that messages suggest use its words; without it they speak of ``run()``, the library call."""
+    name = Path(program).name
+    words = {"__main__.py": "python -m twolayer_lightning", "twolayer-train": "twolayer-train"}
+    _started_with[:] = [words.get(name, f"python {name}")]
+
+
+def command() -> str | None:
+    """The command line that started this process's runs (``python train.py``, ``python -m
+    twolayer_lightning``, ``twolayer-train``), or None when the package is used as a library."""
+    return _started_with[0] if _started_with else None
+
+
 def resume_hint(run_dir: Path) -> str:
-    """The command that resumes the run in ``run_dir`` from its newest checkpoint."""
-    return f"python train.py hydra.run.dir={run_dir} ckpt_path=last <the run's other overrides>"
+    """How to resume the run in ``run_dir`` from its newest checkpoint, in the terms the run was started in."""
+    started_with = command()
+    if started_with is None:
+        return f'run([<the run\'s overrides>, "ckpt_path=last"], output_dir="{run_dir}")'
+    return f"{started_with} hydra.run.dir={run_dir} ckpt_path=last <the run's other overrides>"
 
 
 def has_checkpoint(run_dir: Path) -> bool:
