@@ -12,8 +12,8 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import ExplainedVariance, MeanSquaredError, MetricCollection, R2Score
 
-from twolayer_lightning.model import Activation, Init, TwoLayerNet, sum_squared_error
-from twolayer_lightning.optim import InPlaceSGD
+from twolayer_lightning.model import Activation, Init, TwoLayerNet, live_rows_per_unit, sum_squared_error
+from twolayer_lightning.optim import InPlaceSGD, handwritten_update
 
 log = logging.getLogger(__name__)
 
@@ -510,41 +510,6 @@ class _HandwrittenUpdate(_Update):
     def update(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # The lrs are read each update, as the optimizer's step would.
         return handwritten_update(self.w1, self.w2, x, y, self.group1["lr"], self.group2["lr"])
-
-
-def handwritten_update(
-    w1: torch.Tensor, w2: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lr1: float, lr2: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One seed update with the gradients written out (section 二), in place; returns the loss and predictions.
-
-    Each line is the operation autograd's backward runs for this net, on the same operands in the
-    same order, so the weights are bitwise those of the autograd update (see ``"handwritten"`` in
-    :class:`LitTwoLayerNet`). ``w1`` and ``w2`` are updated in place and must not require grad:
-    pass ``weight.detach()`` (the same storage, so the parameter changes with it), which also
-    spares a ``no_grad`` context per update.
-    """
-    h = x.mm(w1)  # (N, H)
-    h_relu = h.clamp(min=0)  # (N, H)
-    y_pred = h_relu.mm(w2)  # (N, D_out)
-    diff = y_pred - y  # (N, D_out)
-    loss = diff.pow(2).sum()
-    grad_y_pred = 2.0 * diff  # (N, D_out)
-    grad_w2 = h_relu.t().mm(grad_y_pred)  # (H, D_out)
-    grad_h = grad_y_pred.mm(w2.t())  # (N, H)
-    # The ReLU's backward (clamp's and ClampReLU's alike): the seed's `grad_h[h < 0] = 0`, the same
-    # values, as one kernel without an index step.
-    grad_h = torch.where(h < 0, 0.0, grad_h)
-    grad_w1 = x.t().mm(grad_h)  # (D_in, H)
-    w1 -= lr1 * grad_w1
-    w2 -= lr2 * grad_w2
-    return loss, y_pred
-
-
-@torch.no_grad()
-def live_rows_per_unit(x: torch.Tensor, w1: torch.Tensor) -> torch.Tensor:
-    """For each hidden unit, the rows of ``x`` whose ReLU input is not negative ``(H,)``: a unit with 0 is
-    dead (no gradient reaches it from these rows). One forward matmul."""
-    return (x.mm(w1) >= 0).sum(dim=0)
 
 
 class _GraphUpdate(_DirectUpdate):

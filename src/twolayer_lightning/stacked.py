@@ -61,9 +61,9 @@ from twolayer_lightning.cli import (
 )
 from twolayer_lightning.config import updates_per_step, validate
 from twolayer_lightning.data import FileRegressionData, SyntheticRegressionData
-from twolayer_lightning.model import sum_squared_error
-from twolayer_lightning.module import LitTwoLayerNet, handwritten_update, live_rows_per_unit
-from twolayer_lightning.optim import InPlaceSGD, stacked_update
+from twolayer_lightning.model import live_rows_per_unit, sum_squared_error
+from twolayer_lightning.module import LitTwoLayerNet
+from twolayer_lightning.optim import InPlaceSGD, handwritten_update, stacked_update
 from twolayer_lightning.report import plot_run
 from twolayer_lightning.rundir import RunDirLock
 
