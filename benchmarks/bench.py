@@ -59,7 +59,7 @@ import torch
 
 from twolayer_lightning import FileRegressionData, LitTwoLayerNet, SyntheticRegressionData, cli, run, training
 from twolayer_lightning.data import EpochBatches
-from twolayer_lightning.module import UPDATE_PATHS
+from twolayer_lightning.updates import UPDATE_PATHS
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SHAPES = "64x1000x100x10,4096x1000x1024x10,16384x1000x2048x10"

@@ -37,6 +37,7 @@ from twolayer_lightning.errors import (
     DiskFullError,
     TrainingDivergedError,
     TrainingInterruptedError,
+    UnsupportedLightningError,
 )
 from twolayer_lightning.report import summarize_sweep
 from twolayer_lightning.rundir import (
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_MODULE = "twolayer_lightning.conf"
 # What a job of a sweep may fail with, alone: one line in its log, +inf for the sweeper, the others go on.
-JOB_ERRORS = (ConfigError, DataError, TrainingDivergedError, DiskFullError)
+JOB_ERRORS = (ConfigError, DataError, TrainingDivergedError, DiskFullError, UnsupportedLightningError)
 
 register_configs()
 

@@ -19,13 +19,13 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from twolayer_lightning.errors import ConfigError
+from twolayer_lightning.updates import UPDATE_PATHS
 
 ACCELERATORS = ("cpu", "gpu", "auto")
 # Precisions the exact update can honour: the seed's float32, or float64 throughout.
 PRECISIONS = ("32-true", "32", "64-true", "64")
 LOGGERS = ("csv", "tensorboard", "none")
 STRATEGIES = ("auto", "ddp")
-UPDATE_PATHS = ("auto", "handwritten", "direct", "lightning", "cuda_graph")  # LitTwoLayerNet's update_path
 
 
 DATA_KINDS = ("synthetic", "files")

@@ -37,3 +37,7 @@ class TrainingInterruptedError(RuntimeError):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+class UnsupportedLightningError(RuntimeError):
+    """The installed Lightning lacks or changed a private API this package uses; the line names the tested versions."""

@@ -1,5 +1,7 @@
 """The seed's update as a ``torch.optim.Optimizer`` (``p -= lr * p.grad`` then ``p.grad.zero_()``),
-and :func:`search_lr`, which picks its lr for a user's data (``optim.lr=auto``)."""
+the same update with the gradients written out (:func:`handwritten_update`) and for many networks
+at once (:func:`stacked_update`), and :func:`search_lr`, which picks its lr for a user's data
+(``optim.lr=auto``)."""
 
 from __future__ import annotations
 
@@ -228,6 +230,34 @@ def stacked_update(
     grad_w1 = torch.matmul(x.transpose(-1, -2), grad_h)  # (K, D_in, H)
     w1 -= lr * grad_w1  # the seed's update, one lr per member
     w2 -= lr * grad_w2
+    return loss, y_pred
+
+
+def handwritten_update(
+    w1: torch.Tensor, w2: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lr1: float, lr2: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One seed update with the gradients written out (section 二), in place; returns the loss and predictions.
+
+    Each line is the operation autograd's backward runs for this net, on the same operands in the
+    same order, so the weights are bitwise those of the autograd update (the ``"handwritten"``
+    update path of :class:`~twolayer_lightning.module.LitTwoLayerNet`). ``w1`` and ``w2`` are
+    updated in place and must not require grad: pass ``weight.detach()`` (the same storage, so the
+    parameter changes with it), which also spares a ``no_grad`` context per update.
+    """
+    h = x.mm(w1)  # (N, H)
+    h_relu = h.clamp(min=0)  # (N, H)
+    y_pred = h_relu.mm(w2)  # (N, D_out)
+    diff = y_pred - y  # (N, D_out)
+    loss = diff.pow(2).sum()
+    grad_y_pred = 2.0 * diff  # (N, D_out)
+    grad_w2 = h_relu.t().mm(grad_y_pred)  # (H, D_out)
+    grad_h = grad_y_pred.mm(w2.t())  # (N, H)
+    # The ReLU's backward (clamp's and ClampReLU's alike): the seed's `grad_h[h < 0] = 0`, the same
+    # values, as one kernel without an index step.
+    grad_h = torch.where(h < 0, 0.0, grad_h)
+    grad_w1 = x.t().mm(grad_h)  # (D_in, H)
+    w1 -= lr1 * grad_w1
+    w2 -= lr2 * grad_w2
     return loss, y_pred
 
 

@@ -45,9 +45,9 @@ from twolayer_lightning import results
 from twolayer_lightning.checkpoints import AtomicCheckpointIO, StopOnSignal
 from twolayer_lightning.config import updates_per_step, validate
 from twolayer_lightning.data import FileRegressionData, SyntheticRegressionData
-from twolayer_lightning.model import sum_squared_error
-from twolayer_lightning.module import LitTwoLayerNet, handwritten_update, live_rows_per_unit
-from twolayer_lightning.optim import InPlaceSGD, stacked_update
+from twolayer_lightning.model import live_rows_per_unit
+from twolayer_lightning.module import LitTwoLayerNet
+from twolayer_lightning.optim import InPlaceSGD
 from twolayer_lightning.rundir import RunDirLock
 from twolayer_lightning.training import (
     choose_lr,
@@ -59,6 +59,7 @@ from twolayer_lightning.training import (
     package_version,
     run_until_signal,
 )
+from twolayer_lightning.updates import BatchedUpdate, CountedUpdate, MemberUpdates, make_update, settle_path
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +214,11 @@ class StackedFit(L.LightningModule):
     steps, reports and divergence checks happen where a single run of the members' config has
     them, so that each member's logged rows and checkpoint are those of its single run.
 
+    The update objects are built when the fit starts (:mod:`twolayer_lightning.updates`): in exact
+    mode each member's own, the one its single run takes (:func:`~twolayer_lightning.updates.settle_path`);
+    in batched mode one :class:`~twolayer_lightning.updates.BatchedUpdate` for all. Each update of
+    the group is counted once in ``global_step`` (:class:`~twolayer_lightning.updates.CountedUpdate`).
+
     Args:
         members: the members' networks, each built as its single run builds it.
         exact: per-member updates (bitwise those of the single runs) or one batched program.
@@ -227,13 +233,9 @@ class StackedFit(L.LightningModule):
         self.updates_per_step = updates_per_step
         self.steps = [0] * len(members)  # updates each member has run
         self.live = list(range(len(members)))  # members still updating
-        self.path = ""  # the per-member update: handwritten or direct (exact), batched
         self._pending: list[tuple[tuple[int, ...], torch.Tensor]] = []  # (members, their losses) per update
-        self._stacked: tuple[torch.Tensor, ...] | None = None  # batched: w1, w2, x, y, lr stacked
-        self._optimizers: list[InPlaceSGD] = []  # exact, direct: each member's update
-        self._weights: list[tuple[torch.Tensor, torch.Tensor, float]] = []  # each member's w1, w2 and lr
-        # Each member's last predictions, indexed by member: a list (exact) or the stacked (K, N, D_out) tensor.
-        self._last: list[torch.Tensor | None] | torch.Tensor = [None] * len(members)
+        self._group: MemberUpdates | BatchedUpdate | None = None  # every member's update; made in on_train_start
+        self._update: CountedUpdate | None = None  # _group's update, counted in global_step
         self.rows: list[list[tuple[int, dict[str, float]]]] = [[] for _ in members]  # each member's logger rows
         self.lines: list[list[str]] = [[] for _ in members]  # each member's `step t  loss` lines
 
@@ -243,30 +245,40 @@ class StackedFit(L.LightningModule):
         return InPlaceSGD([{"params": list(m.net.named_parameters()), "lr": m.hparams.lr} for m in self.members])
 
     def on_train_start(self) -> None:
-        asked = self.members[0].hparams.update_path
-        if not self.exact:
-            self.path = "batched"
-        elif asked == "handwritten" or (asked == "auto" and self.device.type == "cpu"):
-            self.path = "handwritten"  # what the single run takes (LitTwoLayerNet._settle_path)
+        optimizer = self.optimizers()
+        CountedUpdate.require(optimizer)  # before settling paths: a stacked fit has no "lightning" path to take
+        if self.exact:
+            paths = [self._member_path(m) for m in self.members]
+            self._group = MemberUpdates(
+                make_update(path, m.net, InPlaceSGD(m.net.named_parameters(), lr=m.hparams.lr))
+                for path, m in zip(paths, self.members, strict=True)
+            )
         else:
-            self.path = "direct"
-            self._optimizers = [InPlaceSGD(m.net.named_parameters(), lr=m.hparams.lr) for m in self.members]
-        # Looked up once: at a small table's size the update itself takes a few tens of microseconds.
-        self._weights = [(m.net.w1.detach(), m.net.w2.detach(), m.hparams.lr) for m in self.members]
-        for member in self.members:
-            member._path = self.path
-            member.losses = []
+            paths = [BatchedUpdate.path] * len(self.members)
+            self._group = BatchedUpdate([m.net for m in self.members], [m.hparams.lr for m in self.members])
+        self._update = CountedUpdate(self._group, optimizer, self.trainer)
+        for member, path in zip(self.members, paths, strict=True):
+            member.begin_fit(path)
+
+    def _member_path(self, member: LitTwoLayerNet) -> str:
+        """The update path the member's single run takes: handwritten or direct (others run alone, see why_alone)."""
+        asked = member.hparams.update_path
+        path = settle_path(asked, self.device.type, self.trainer.world_size, self.optimizers)
+        if path not in ("handwritten", "direct"):
+            raise ValueError(
+                f"StackedFit: update_path={asked!r} takes the {path!r} path here, which a stacked fit does not run; "
+                "run this job on its own (stacked.why_alone sends it there)"
+            )
+        return path
 
     def training_step(self, batch: tuple[tuple[torch.Tensor, torch.Tensor], ...], batch_idx: int) -> None:
         start = self.global_step
         updates = min(self.updates_per_step, self.trainer.max_steps - start)
         check_each = self.device.type == "cpu"  # as a single run: every loss on a CPU, each interval elsewhere
-        optimizer = self.optimizers()
+        update = self._update
         stopping = False
         for _ in range(updates):
-            optimizer._on_before_step()  # counts the update in global_step, as LitTwoLayerNet's paths do
-            members, losses = self._update(batch)
-            optimizer._on_after_step()
+            members, losses = update(batch, self.live)  # every live member's update, one step of global_step
             self._pending.append((members, losses))
             for k in self.live:
                 self.steps[k] += 1
@@ -286,48 +298,8 @@ class StackedFit(L.LightningModule):
         if not self.live:
             self.trainer.should_stop = True
 
-    def _update(self, batch: tuple[tuple[torch.Tensor, torch.Tensor], ...]) -> tuple[tuple[int, ...], torch.Tensor]:
-        """One update of every live member; returns which members and their losses (before the update)."""
-        if self.path == "batched":
-            if self._stacked is None:
-                self._stack(batch)
-            w1, w2, x, y, lr = self._stacked
-            losses, self._last = stacked_update(w1, w2, x, y, lr)  # member k's predictions: self._last[k]
-            return tuple(range(len(self.members))), losses  # a diverged member's later values are ignored
-        members = tuple(self.live)
-        losses = []
-        handwritten = self.path == "handwritten"
-        for k in members:
-            x, y = batch[k]
-            if handwritten:
-                w1, w2, lr = self._weights[k]
-                loss, y_pred = handwritten_update(w1, w2, x, y, lr, lr)
-            else:
-                y_pred = self.members[k].net.seed_forward(x)
-                loss = sum_squared_error(y_pred, y)
-                loss.backward()
-                self._optimizers[k].update()  # w -= lr * w.grad; w.grad.zero_()
-                loss, y_pred = loss.detach(), y_pred.detach()
-            losses.append(loss)
-            self._last[k] = y_pred
-        return members, torch.stack(losses)
-
-    def _stack(self, batch: tuple[tuple[torch.Tensor, torch.Tensor], ...]) -> None:
-        xs, ys = [x for x, _ in batch], [y for _, y in batch]
-        same_data = all(x is xs[0] or torch.equal(x, xs[0]) for x in xs) and all(torch.equal(y, ys[0]) for y in ys)
-        x, y = (xs[0], ys[0]) if same_data else (torch.stack(xs), torch.stack(ys))  # (N, D) is broadcast
-        w1 = torch.stack([m.net.w1.detach() for m in self.members])  # (K, D_in, H)
-        w2 = torch.stack([m.net.w2.detach() for m in self.members])  # (K, H, D_out)
-        lr = torch.tensor([m.hparams.lr for m in self.members], dtype=w1.dtype, device=w1.device).view(-1, 1, 1)
-        self._stacked = (w1, w2, x, y, lr)
-
     def on_train_end(self) -> None:
-        if self._stacked is not None:
-            with torch.no_grad():  # the trained weights back into the members' networks
-                for k, member in enumerate(self.members):
-                    member.net.w1.copy_(self._stacked[0][k])
-                    member.net.w2.copy_(self._stacked[1][k])
-            self._stacked = None
+        self._group.finish()  # batched: the trained weights back into the members' networks
 
     def _report(self, batch: tuple[tuple[torch.Tensor, torch.Tensor], ...]) -> None:
         """Bring the pending losses to the host (one sync), give each member its rows and stop diverged ones."""
@@ -353,8 +325,7 @@ class StackedFit(L.LightningModule):
                 self.live.remove(k)  # found here (not on a CPU): it stops at this interval's end, as a single run
             extra = {}
             if member.diverged_at is None:
-                member._last = (*batch[k], self._last[k])
-                extra = member._train_metrics()
+                extra = member.batch_metrics(batch[k][1], self._group.predictions[k])
             self.rows[k].extend(
                 (t, {"train_loss": value, **(extra if j == len(rows) - 1 else {})}) for j, (t, value) in enumerate(rows)
             )
