@@ -610,7 +610,7 @@ def _predict_files(cfg: DictConfig, out: Path, ckpt_path: str, checkpoint: dict[
     """
     model = _load_model(ckpt_path)
     names = model.column_names or {}
-    x = load_inputs(cfg.data.x_path, names.get("x"), list(cfg.data.target_columns))
+    x = load_inputs(cfg.data.x_path, names.get("x"), list(cfg.data.target_columns), cfg.data.columns_by_position)
     if x.shape[1] != model.hparams.in_features:
         raise ConfigError(
             [
