@@ -191,20 +191,19 @@ class RunDirGuard(Callback):
     """Hydra callback: check the run dir and take its lock before Hydra writes anything into it.
 
     Hydra calls ``on_run_start`` before it makes the run dir, writes ``.hydra/`` and opens the
-    job's log file; a refused run ends there with one line and exit status 2 (SystemExit: Hydra
-    turns exceptions in callbacks into warnings). A ``-m`` sweep into a sweep dir that already
+    job's log file; a refused run (a config value out of range, or a run dir it may not use) ends
+    there with one line per problem and exit status 2 (SystemExit: Hydra turns exceptions in
+    callbacks into warnings). A ``-m`` sweep into a sweep dir that already
     holds a finished job is refused the same way in ``on_multirun_start``.
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not is_rank_zero():
             return
-        try:
-            validate(config)
-        except ConfigError:
-            return  # train() reports a bad value, and such a run must leave no folder behind
         run_dir = _run_dir(config)
         try:
+            # Here, not in train(): by then Hydra has made the run dir, .hydra/ and train.log.
+            validate(config)
             check_run_dir(run_dir, config.ckpt_path is not None or slurm_requeued(), config.mode)
             if config.ckpt_path == "last" and config.mode == "train" and not has_checkpoint(run_dir):
                 raise ConfigError(
