@@ -32,6 +32,16 @@ LOCK_FILE = ".lock"
 FINISHED_ELSEWHERE = "choose another dir (hydra.run.dir=... or run(..., output_dir=...))"
 
 
+# Set beside HYDRA_FULL_ERROR=1 by the entry point (cli.main), which sets that to get Hydra's errors
+# as exceptions: tells its own setting from a user's, also in the DDP ranks that inherit both.
+FULL_ERROR_MARKER = "TWOLAYER_LIGHTNING_SET_HYDRA_FULL_ERROR"
+
+
+def user_wants_tracebacks() -> bool:
+    """HYDRA_FULL_ERROR=1 set by the user (who gets tracebacks then, not one-line errors), not by the entry point."""
+    return os.environ.get("HYDRA_FULL_ERROR") == "1" and FULL_ERROR_MARKER not in os.environ
+
+
 def resume_hint(run_dir: Path) -> str:
     """The command that resumes the run in ``run_dir`` from its newest checkpoint."""
     return f"python train.py hydra.run.dir={run_dir} ckpt_path=last <the run's other overrides>"
@@ -200,10 +210,14 @@ class RunDirGuard(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not is_rank_zero():
             return
+        try:
+            validate(config)  # here, not in train(): by then Hydra has made the run dir, .hydra/ and train.log
+        except ConfigError as err:
+            if user_wants_tracebacks():
+                return  # train() raises it with a traceback, which an exception here would not give
+            _refuse(err)
         run_dir = _run_dir(config)
         try:
-            # Here, not in train(): by then Hydra has made the run dir, .hydra/ and train.log.
-            validate(config)
             check_run_dir(run_dir, config.ckpt_path is not None or slurm_requeued(), config.mode)
             if config.ckpt_path == "last" and config.mode == "train" and not has_checkpoint(run_dir):
                 raise ConfigError(
