@@ -16,7 +16,7 @@ import torch
 from twolayer_lightning import LitTwoLayerNet, TrainingDivergedError, TwoLayerNet, run
 from twolayer_lightning.config import ConfigError
 from twolayer_lightning.data import DataError, FileRegressionData, check_split, load_regression_arrays
-from twolayer_lightning.optim import describe_search, search_lr
+from twolayer_lightning.optim import describe_search, log_progress, search_lr
 
 
 def strict_json(path: Path) -> dict:
@@ -172,7 +172,7 @@ def test_search_lr_drops_diverging_members_and_is_seeded():
         search_lr(x, y, net.w1, net.w2, steps=50, lr_per_row=(1e4,))
 
 
-def test_search_lr_reports_progress_and_finds_the_same_lr_bit_for_bit():
+def test_search_lr_reports_progress_and_finds_the_same_lr_bit_for_bit(caplog):
     generator = torch.Generator().manual_seed(0)
     x, y = torch.randn(40, 5, generator=generator), torch.randn(40, 2, generator=generator)
     net = TwoLayerNet(5, 8, 2, generator=generator, init="scaled")
@@ -183,6 +183,9 @@ def test_search_lr_reports_progress_and_finds_the_same_lr_bit_for_bit():
     assert [(done, total) for done, total, _ in calls] == [(k, 30) for k in range(1, 31)]  # every step, here
     assert calls[-1][2] == 0 and all(left >= 0 for _, _, left in calls)
     assert search_lr(x, y, net.w1, net.w2, steps=30, batch_size=7) == found  # the same floats, bit for bit
+    with caplog.at_level(logging.INFO, logger="twolayer_lightning"):
+        log_progress(12, 40, 7.4)
+    assert caplog.messages == ["range test: 12 of 40 steps, about 7 s left"]
 
 
 def test_search_lr_on_fewer_than_5_rows_says_it_scored_on_its_training_rows(tmp_path, caplog):

@@ -275,10 +275,9 @@ def load_inputs(
             cols = [content.header.index(name) for name in x_columns]
         elif not columns_by_position:
             raise DataError(
-                f"{path}: the model was trained on arrays without column names, so this CSV's columns "
-                f"({', '.join(content.header)}) cannot be matched by name; to take them by position, in file order, "
-                "set data.columns_by_position=true (columns_by_position=True), or give x as the array kind it was "
-                "trained on"
+                f"{path}: the model was trained on arrays, without column names, so this CSV's columns "
+                f"({', '.join(content.header)}) cannot be matched by name; set data.columns_by_position=true to take "
+                "them by position (in file order), or give x as .npy, .npz or .pt"
             )
         else:
             cols = [j for j, name in enumerate(content.header) if name not in (target_columns or ())]
