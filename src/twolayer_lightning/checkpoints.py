@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import threading
 from pathlib import Path
 from types import FrameType
@@ -177,7 +178,9 @@ class StopOnSignal(L.Callback):
     its loops then raise ``SIGTERMException`` at the end of the training step; the module stops
     its updates within the step as soon as it sees the flag. This callback adds SIGINT (Ctrl-C)
     to that path for the fit, so both signals stop at an update boundary instead of Python's
-    KeyboardInterrupt landing in the middle of an update; a second Ctrl-C interrupts at once.
+    KeyboardInterrupt landing in the middle of an update. A second Ctrl-C while that update still
+    runs stops the process at once, without saving: one line on stderr and ``SystemExit(130)``. (Once
+    the fit has ended, Ctrl-C no longer reaches this handler: Lightning puts the previous one back.)
     It also stamps every checkpoint with the package's checkpoint format and version.
 
     Attributes:
@@ -190,15 +193,25 @@ class StopOnSignal(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.received = None
-        # Lightning registers its handlers before this hook and restores every signal's
-        # handler (SIGINT's included) when the fit tears down.
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Here, not in on_fit_start: Lightning records every signal's handler after on_fit_start and
+        # puts those back when the fit tears down (also after an exception). Set before that record,
+        # this handler would be put back and outlive the fit, turning a later Ctrl-C into a no-op.
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, self._make_sigint_handler(trainer))
 
     def _make_sigint_handler(self, trainer: L.Trainer) -> Any:
         def on_sigint(signum: int, frame: FrameType | None) -> None:
             if trainer.received_sigterm:
-                raise KeyboardInterrupt  # the second Ctrl-C: stop now
+                # The second Ctrl-C while an update still runs: stop now. SystemExit, not KeyboardInterrupt,
+                # which Lightning's fit turns into sys.exit(1) without a word of the signal.
+                print(
+                    "error: interrupted by a second SIGINT: stopped at once, without saving (checkpoints saved "
+                    "before are kept)",
+                    file=sys.stderr,
+                )
+                raise SystemExit(128 + signal.SIGINT)
             log.info("Ctrl-C: stopping after the current update (press it again to stop at once)")
             self.received = signal.SIGINT
             trainer._signal_connector.received_sigterm = True  # the flag Lightning's SIGTERM handler sets

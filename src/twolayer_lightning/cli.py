@@ -41,11 +41,13 @@ from twolayer_lightning.errors import (
 )
 from twolayer_lightning.report import summarize_sweep
 from twolayer_lightning.rundir import (
+    FULL_ERROR_MARKER,
     METRICS_FILE,
     command,
     has_checkpoint,
     recorded_status,
     started_from_command_line,
+    user_wants_tracebacks,
 )
 
 log = logging.getLogger(__name__)
@@ -202,12 +204,12 @@ def _task(cfg: DictConfig) -> float:
         if multirun:
             log.error("job interrupted: %s", err)
             summarize_sweep(HydraConfig.get().sweep.dir)
-        if _user_wants_tracebacks():
+        if user_wants_tracebacks():
             raise
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None
     except JOB_ERRORS as err:
-        if _user_wants_tracebacks():
+        if user_wants_tracebacks():
             raise
         # A single run ends here, before Hydra adds its "Error executing job" line and a traceback.
         print(describe_error(err), file=sys.stderr)
@@ -243,27 +245,19 @@ def _hydra_main() -> None:
     hydra.main(version_base="1.3", config_path="conf", config_name="config")(_task)()
 
 
-_OUR_FULL_ERROR = "TWOLAYER_LIGHTNING_SET_HYDRA_FULL_ERROR"
-
-
-def _user_wants_tracebacks() -> bool:
-    """HYDRA_FULL_ERROR=1 set by the user, not by :func:`main`."""
-    return os.environ.get("HYDRA_FULL_ERROR") == "1" and _OUR_FULL_ERROR not in os.environ
-
-
 def main() -> None:
     """``python train.py [overrides]``: a user's mistake ends with one line and exit status 2.
 
     Set ``HYDRA_FULL_ERROR=1`` to see the full traceback instead.
     """
-    full_error = _user_wants_tracebacks()
+    full_error = user_wants_tracebacks()
     started_from_command_line(sys.argv[0])
     if not full_error:
         # With this set Hydra raises its errors instead of printing them with a traceback, so that
         # they can be shown here as one line. The marker tells it from a user's setting, also in
         # the DDP ranks that Lightning starts by running this command again with this environment.
         os.environ["HYDRA_FULL_ERROR"] = "1"
-        os.environ[_OUR_FULL_ERROR] = "1"
+        os.environ[FULL_ERROR_MARKER] = "1"
     try:
         _hydra_main()
     except KeyboardInterrupt:
@@ -280,4 +274,4 @@ def main() -> None:
     finally:
         if not full_error:
             os.environ.pop("HYDRA_FULL_ERROR", None)
-            os.environ.pop(_OUR_FULL_ERROR, None)
+            os.environ.pop(FULL_ERROR_MARKER, None)

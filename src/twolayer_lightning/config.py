@@ -44,6 +44,10 @@ class DataConfig:
     shuffle: bool = True  # files: reshuffle mini-batches every epoch, seeded by `seed`
     standardize: bool = False  # files: centre and scale x and y with the training rows' mean and std
     split_seed: int = 0  # files: draws the validation rows (`seed` draws weights and batch order)
+    # files, mode=predict on a CSV with a model trained on arrays (it knows no column names): take the
+    # CSV's columns by position, in file order; false refuses such a CSV. A model that knows its names
+    # matches them by name whatever this says.
+    columns_by_position: bool = False
 
 
 @dataclass
@@ -241,6 +245,14 @@ def _check_data(cfg: Any, problems: list[str]) -> None:
         problems.append(
             "data.standardize=true is not allowed with synthetic data: the seed's data is used as drawn; "
             "use data=files for your own data"
+        )
+    by_position = data.get("columns_by_position", False)
+    if not isinstance(by_position, bool):
+        problems.append(f"data.columns_by_position={by_position!r} is not allowed: use true or false")
+    elif by_position and (cfg.mode != "predict" or data.kind != "files"):
+        problems.append(
+            f"data.columns_by_position=true is not allowed with mode={cfg.mode!r} and data.kind={data.kind!r}: it "
+            "only applies to mode=predict with data=files (a CSV for a model trained on arrays); drop it"
         )
     split_seed = data.get("split_seed", 0)
     if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:

@@ -6,11 +6,15 @@ at once (:func:`stacked_update`), and :func:`search_lr`, which picks its lr for 
 from __future__ import annotations
 
 import itertools
+import logging
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 class InPlaceSGD(torch.optim.Optimizer):
@@ -119,11 +123,14 @@ def search_lr(
     seed: int = 0,
     held_out_fraction: float = 0.2,
     lr_per_row: Sequence[float] = LR_PER_ROW_GRID,
+    progress: Callable[[int, int, float], None] | None = None,
+    progress_seconds: float = 5.0,
 ) -> dict[str, Any]:
     """Pick the seed update's learning rate for x and y by training every candidate at once.
 
     Plain torch. The rows are split (seeded) into rows to fit and ``held_out_fraction`` of them
-    held out (with fewer than 5 rows, all rows do both). Each candidate lr is one member of a
+    held out (with fewer than 5 rows none is held out: the candidates are scored on the rows they
+    were trained on, and the record says so). Each candidate lr is one member of a
     stack: every member starts from ``w1``, ``w2``, and all members take the same steps together,
     batched with ``bmm`` over the stacked weights, each with the seed's update ``w -= lr * grad``
     and its own lr. The steps are those of the fit: the full batch every step, or seeded
@@ -148,11 +155,17 @@ def search_lr(
         seed: seeds the held-out rows and the mini-batch order.
         held_out_fraction: the share of rows held out to score the candidates.
         lr_per_row: the candidates, as lr times rows per update.
+        progress: called as ``progress(steps done, steps in all, seconds left (estimated))`` every
+            ``progress_seconds`` while the test runs (e.g. :func:`log_progress`); it sees no tensor,
+            so the result is the same with it or without.
+        progress_seconds: the interval between calls of ``progress``.
 
     Returns:
         ``lr`` (the fit's lr, a float), ``candidates`` (the fit's lr of each candidate),
-        ``held_out_mse`` (each member's mean squared error on the held-out rows at the end, None
-        for a dropped member), ``steps`` (of the test), ``fit_rows`` and ``held_out_rows``.
+        ``held_out_mse`` (each member's mean squared error at the end on the rows it was scored on,
+        None for a dropped member), ``steps`` (of the test), ``fit_rows``, ``held_out_rows`` (0 when
+        none was held out) and ``scored_on``: ``"held_out_rows"``, or ``"fit_rows"`` with fewer than 5
+        rows. :func:`describe_search` puts it in words.
 
     Raises:
         ValueError: every member diverged.
@@ -172,10 +185,16 @@ def search_lr(
     stacked_w1 = w1.detach().expand(members, -1, -1).clone()  # (K, D_in, H)
     stacked_w2 = w2.detach().expand(members, -1, -1).clone()  # (K, H, D_out)
     batches = _batches(len(fit), batch_size, seed, x.device)
-    for _ in range(test_steps):
+    started = time.perf_counter()
+    reported = started
+    for step in range(test_steps):
         rows = next(batches)
         xb, yb = (x_fit, y_fit) if rows is None else (x_fit[rows], y_fit[rows])
         stacked_update(stacked_w1, stacked_w2, xb, yb, lr)
+        now = time.perf_counter()
+        if progress is not None and now - reported >= progress_seconds:
+            reported = now
+            progress(step + 1, test_steps, (now - started) / (step + 1) * (test_steps - step - 1))
     with torch.no_grad():
         y_pred = torch.matmul(x_held, stacked_w1).clamp(min=0).bmm(stacked_w2)  # (K, N_held, D_out)
         mse = (y_pred - y_held).pow(2).mean(dim=(1, 2)).tolist()
@@ -194,8 +213,28 @@ def search_lr(
         "held_out_mse": scores,
         "steps": test_steps,
         "fit_rows": len(fit),
-        "held_out_rows": len(held),
+        "held_out_rows": num_held,
+        "scored_on": "held_out_rows" if num_held else "fit_rows",
     }
+
+
+def log_progress(done: int, total: int, seconds_left: float) -> None:
+    """A ``progress`` for :func:`search_lr`: one info line, ``range test: k of n steps, about T s left``."""
+    log.info("range test: %d of %d steps, about %.0f s left", done, total, seconds_left)
+
+
+def describe_search(found: dict[str, Any]) -> str:
+    """The record of :func:`search_lr` in words: the lr it picked, how it scored, and every candidate's score."""
+    if found.get("scored_on") == "fit_rows":
+        scored = "scored on those same rows, as fewer than 5 leave none to hold out; their MSE"
+    else:
+        scored = f"scored on {found['held_out_rows']} held-out ones; held-out MSE"
+    scores = ", ".join(
+        f"{lr:.3g}: {'diverged' if mse is None else f'{mse:.4g}'}"
+        for lr, mse in zip(found["candidates"], found["held_out_mse"], strict=True)
+    )
+    test = f"range test: {found['steps']} steps on {found['fit_rows']} training rows"
+    return f"lr {found['lr']:.3g} ({test}, {scored} by lr: {scores})"
 
 
 @torch.no_grad()

@@ -50,6 +50,16 @@ def command() -> str | None:
     return _started_with[0] if _started_with else None
 
 
+# Set beside HYDRA_FULL_ERROR=1 by the entry point (cli.main), which sets that to get Hydra's errors
+# as exceptions: tells its own setting from a user's, also in the DDP ranks that inherit both.
+FULL_ERROR_MARKER = "TWOLAYER_LIGHTNING_SET_HYDRA_FULL_ERROR"
+
+
+def user_wants_tracebacks() -> bool:
+    """HYDRA_FULL_ERROR=1 set by the user (who gets tracebacks then, not one-line errors), not by the entry point."""
+    return os.environ.get("HYDRA_FULL_ERROR") == "1" and FULL_ERROR_MARKER not in os.environ
+
+
 def resume_hint(run_dir: Path) -> str:
     """How to resume the run in ``run_dir`` from its newest checkpoint, in the terms the run was started in."""
     started_with = command()
@@ -215,18 +225,21 @@ class RunDirGuard(Callback):
     """Hydra callback: check the run dir and take its lock before Hydra writes anything into it.
 
     Hydra calls ``on_run_start`` before it makes the run dir, writes ``.hydra/`` and opens the
-    job's log file; a refused run ends there with one line and exit status 2 (SystemExit: Hydra
-    turns exceptions in callbacks into warnings). A ``-m`` sweep into a sweep dir that already
+    job's log file; a refused run (a config value out of range, or a run dir it may not use) ends
+    there with one line per problem and exit status 2 (SystemExit: Hydra turns exceptions in
+    callbacks into warnings). A ``-m`` sweep into a sweep dir that already
     holds a finished job is refused the same way in ``on_multirun_start``.
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
-            validate(config)
-        except ConfigError:
-            return  # train() reports a bad value, and such a run must leave no folder behind
+            validate(config)  # here, not in train(): by then Hydra has made the run dir, .hydra/ and train.log
+        except ConfigError as err:
+            if user_wants_tracebacks():
+                return  # train() raises it with a traceback, which an exception here would not give
+            _refuse(err)
         if not is_rank_zero():
-            return
+            return  # the extra processes of a DDP run share rank 0's run dir and lock
         run_dir = _run_dir(config)
         try:
             check_run_dir(run_dir, config.ckpt_path is not None or slurm_requeued(), config.mode)

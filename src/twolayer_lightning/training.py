@@ -36,7 +36,7 @@ from twolayer_lightning.data import FileRegressionData, SyntheticRegressionData,
 from twolayer_lightning.errors import ConfigError, DataError, TrainingInterruptedError
 from twolayer_lightning.model import TwoLayerNet
 from twolayer_lightning.module import LitTwoLayerNet, UpdateProgressBar
-from twolayer_lightning.optim import search_lr
+from twolayer_lightning.optim import describe_search, log_progress, search_lr
 from twolayer_lightning.rundir import (
     RunDirLock,
     check_run_dir,
@@ -549,26 +549,16 @@ def choose_lr(
     x, y = data.training_rows if isinstance(data, FileRegressionData) else (data.x, data.y)
     net = TwoLayerNet(x.shape[1], cfg.model.hidden_features, y.shape[1], generator=copy, init=cfg.model.init)
     batch_size = cfg.data.batch_size if cfg.data.kind == "files" else None
+    steps = cfg.trainer.max_steps
     started = time.perf_counter()
     try:
-        found = search_lr(x, y, net.w1, net.w2, steps=cfg.trainer.max_steps, batch_size=batch_size, seed=cfg.seed)
+        found = search_lr(x, y, net.w1, net.w2, steps, batch_size, cfg.seed, progress=log_progress)
     except ValueError as err:
         raise ConfigError(
             [f"optim.lr=auto: {str(err).removeprefix('search_lr: ')}; or set optim.lr=<number> yourself"]
         ) from None
     found["seconds"] = time.perf_counter() - started
-    log.info(
-        "optim.lr=auto: lr %.3g (range test: %d steps on %d training rows, scored on %d held-out ones; held-out MSE "
-        "by lr: %s)",
-        found["lr"],
-        found["steps"],
-        found["fit_rows"],
-        found["held_out_rows"],
-        ", ".join(
-            f"{lr:.3g}: {'diverged' if mse is None else f'{mse:.4g}'}"
-            for lr, mse in zip(found["candidates"], found["held_out_mse"], strict=True)
-        ),
-    )
+    log.info("optim.lr=auto: %s", describe_search(found))
     return found["lr"], found
 
 
@@ -640,7 +630,7 @@ def _predict_file(cfg: DictConfig, out: Path, ckpt_path: str, checkpoint: dict[s
     """
     model = load_model(ckpt_path)
     names = model.column_names or {}
-    x = load_inputs(cfg.data.x_path, names.get("x"), list(cfg.data.target_columns))
+    x = load_inputs(cfg.data.x_path, names.get("x"), list(cfg.data.target_columns), cfg.data.columns_by_position)
     if x.shape[1] != model.hparams.in_features:
         raise ConfigError(
             [
