@@ -128,77 +128,33 @@ def search_lr(
 ) -> dict[str, Any]:
     """Pick the seed update's learning rate for x and y by training every candidate at once.
 
-    Plain torch. The rows are split (seeded) into rows to fit and ``held_out_fraction`` of them
-    held out (with fewer than 5 rows none is held out: the candidates are scored on the rows they
-    were trained on, and the record says so). Each candidate lr is one member of a
-    stack: every member starts from ``w1``, ``w2``, and all members take the same steps together,
-    batched with ``bmm`` over the stacked weights, each with the seed's update ``w -= lr * grad``
-    and its own lr. The steps are those of the fit: the full batch every step, or seeded
-    mini-batches of ``batch_size`` rows. The lr whose member ends with the lowest held-out loss
-    wins; a member whose loss turns inf or nan is dropped.
-
-    Because the seed's loss sums over rows, a candidate is given as an lr per row; the fit's lr is
-    that divided by the rows of one of the fit's updates (``len(x)``, or ``batch_size``), and the
-    members here use it divided by the rows of theirs.
-
-    The work is capped at about that of the fit: ``steps`` (the fit's) when one stacked step costs
-    about what one of the fit's does (small tables, where each step's cost is overhead), fewer
-    (at least 10) when it costs more.
+    Plain torch. Each candidate starts from ``w1``, ``w2`` as one member of a stack (:class:`_RangeTest`)
+    trained on the fit's batches; the lowest loss on the ``held_out_fraction`` of rows held out (seeded)
+    wins. With fewer than 5 rows none is held out: they are scored on the rows they trained on.
 
     Args:
-        x: the training rows' inputs ``(N, D_in)``, as the fit sees them (standardized).
-        y: their targets ``(N, D_out)``.
-        w1: the fit's initial ``(D_in, H)`` weights.
-        w2: the fit's initial ``(H, D_out)`` weights.
-        steps: the fit's number of updates.
-        batch_size: the fit's mini-batch rows; None for the full batch.
+        x, y: the training rows ``(N, D_in)``, ``(N, D_out)``, as the fit sees them (standardized).
+        w1, w2: the fit's initial weights.
+        steps: the fit's number of updates; batch_size: its mini-batch rows (None: the full batch).
         seed: seeds the held-out rows and the mini-batch order.
         held_out_fraction: the share of rows held out to score the candidates.
         lr_per_row: the candidates, as lr times rows per update.
-        progress: called as ``progress(steps done, steps in all, seconds left (estimated))`` every
-            ``progress_seconds`` while the test runs (e.g. :func:`log_progress`); it sees no tensor,
-            so the result is the same with it or without.
-        progress_seconds: the interval between calls of ``progress``.
+        progress: called as ``progress(steps done, steps in all, seconds left)`` every
+            ``progress_seconds`` (e.g. :func:`log_progress`); it sees no tensor, so the result is the same.
 
     Returns:
-        ``lr`` (the fit's lr, a float), ``candidates`` (the fit's lr of each candidate),
-        ``held_out_mse`` (each member's mean squared error at the end on the rows it was scored on,
-        None for a dropped member), ``steps`` (of the test), ``fit_rows``, ``held_out_rows`` (0 when
-        none was held out) and ``scored_on``: ``"held_out_rows"``, or ``"fit_rows"`` with fewer than 5
-        rows. :func:`describe_search` puts it in words.
+        ``lr``, ``candidates`` (the fit's lrs), ``held_out_mse`` (None: diverged), ``steps`` (the test's),
+        ``fit_rows``, ``held_out_rows`` and ``scored_on``; :func:`describe_search` puts it in words.
 
     Raises:
         ValueError: every member diverged.
     """
     n = len(x)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    num_held = round(held_out_fraction * n) if n >= 5 else 0
-    held, fit = (order[:num_held], order[num_held:]) if num_held else (order, order)
-    x_fit, y_fit, x_held, y_held = x[fit], y[fit], x[held], y[held]
-    rows_test = len(fit) if batch_size is None else min(batch_size, len(fit))  # rows per update, here
-    rows_fit = n if batch_size is None else min(batch_size, n)  # and in the fit
-    members = len(lr_per_row)
-    member_work = rows_test * (w1.shape[0] + w2.shape[1]) * w1.shape[1]  # multiply-adds of one forward
-    cut = max(_OVERHEAD_WORK, members * member_work) / max(_OVERHEAD_WORK, member_work)
-    test_steps = max(min(steps, 10), min(steps, int(steps / cut)))
-    lr = torch.tensor([c / rows_test for c in lr_per_row], dtype=x.dtype, device=x.device).view(-1, 1, 1)
-    stacked_w1 = w1.detach().expand(members, -1, -1).clone()  # (K, D_in, H)
-    stacked_w2 = w2.detach().expand(members, -1, -1).clone()  # (K, H, D_out)
-    batches = _batches(len(fit), batch_size, seed, x.device)
-    started = time.perf_counter()
-    reported = started
-    for step in range(test_steps):
-        rows = next(batches)
-        xb, yb = (x_fit, y_fit) if rows is None else (x_fit[rows], y_fit[rows])
-        stacked_update(stacked_w1, stacked_w2, xb, yb, lr)
-        now = time.perf_counter()
-        if progress is not None and now - reported >= progress_seconds:
-            reported = now
-            progress(step + 1, test_steps, (now - started) / (step + 1) * (test_steps - step - 1))
-    with torch.no_grad():
-        y_pred = torch.matmul(x_held, stacked_w1).clamp(min=0).bmm(stacked_w2)  # (K, N_held, D_out)
-        mse = (y_pred - y_held).pow(2).mean(dim=(1, 2)).tolist()
-    scores = [value if math.isfinite(value) else None for value in mse]
+    held, fit = _held_out_split(n, held_out_fraction, seed)
+    test = _RangeTest(x[fit], y[fit], w1, w2, lr_per_row, batch_size)
+    test_steps = test.run(steps, seed, progress, progress_seconds)
+    scores = [value if math.isfinite(value) else None for value in test.mse(x[held], y[held])]
+    rows_fit = n if batch_size is None else min(batch_size, n)  # rows per update in the fit
     finite = [(value, i) for i, value in enumerate(scores) if value is not None]
     candidates = [c / rows_fit for c in lr_per_row]
     if not finite:
@@ -213,9 +169,68 @@ def search_lr(
         "held_out_mse": scores,
         "steps": test_steps,
         "fit_rows": len(fit),
-        "held_out_rows": num_held,
-        "scored_on": "held_out_rows" if num_held else "fit_rows",
+        "held_out_rows": len(held) if held is not fit else 0,
+        "scored_on": "held_out_rows" if held is not fit else "fit_rows",
     }
+
+
+def _held_out_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(held-out rows, rows to fit), drawn with ``seed``; with fewer than 5 rows both are all the rows."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    num_held = round(fraction * n) if n >= 5 else 0
+    return (order[:num_held], order[num_held:]) if num_held else (order, order)
+
+
+class _RangeTest:
+    """:func:`search_lr`'s members: every candidate's weights stacked, trained together on the rows to fit.
+
+    Because the seed's loss sums over rows, a candidate is given as an lr per row: the fit's lr is
+    that divided by the rows of one of the fit's updates (all of x, or ``batch_size``), and the
+    members here use it divided by the rows of theirs.
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        w1: torch.Tensor,
+        w2: torch.Tensor,
+        lr_per_row: Sequence[float],
+        batch_size: int | None,
+    ) -> None:
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.rows = len(x) if batch_size is None else min(batch_size, len(x))  # rows per update, here
+        self.members = len(lr_per_row)
+        self.member_work = self.rows * (w1.shape[0] + w2.shape[1]) * w1.shape[1]  # multiply-adds of one forward
+        self.lr = torch.tensor([c / self.rows for c in lr_per_row], dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        self.w1 = w1.detach().expand(self.members, -1, -1).clone()  # (K, D_in, H)
+        self.w2 = w2.detach().expand(self.members, -1, -1).clone()  # (K, H, D_out)
+
+    def run(self, fit_steps: int, seed: int, progress: Callable[[int, int, float], None] | None, every: float) -> int:
+        """Stacked updates on the fit's batches, calling ``progress`` every ``every`` seconds; returns how many.
+
+        As many as the fit's ``fit_steps`` when one stacked step costs about what one of the fit's does
+        (small tables, where each step's cost is overhead), fewer (at least 10) when it costs more.
+        """
+        cut = max(_OVERHEAD_WORK, self.members * self.member_work) / max(_OVERHEAD_WORK, self.member_work)
+        steps = max(min(fit_steps, 10), min(fit_steps, int(fit_steps / cut)))
+        batches = _batches(len(self.x), self.batch_size, seed, self.x.device)
+        started = reported = time.perf_counter()
+        for step in range(steps):
+            rows = next(batches)
+            xb, yb = (self.x, self.y) if rows is None else (self.x[rows], self.y[rows])
+            stacked_update(self.w1, self.w2, xb, yb, self.lr)
+            now = time.perf_counter()
+            if progress is not None and now - reported >= every:
+                reported = now
+                progress(step + 1, steps, (now - started) / (step + 1) * (steps - step - 1))
+        return steps
+
+    @torch.no_grad()
+    def mse(self, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+        """Each member's mean squared error on ``x``, ``y`` (inf or nan for one that diverged)."""
+        y_pred = torch.matmul(x, self.w1).clamp(min=0).bmm(self.w2)  # (K, N, D_out)
+        return (y_pred - y).pow(2).mean(dim=(1, 2)).tolist()
 
 
 def log_progress(done: int, total: int, seconds_left: float) -> None:

@@ -160,7 +160,15 @@ def fit_metrics(
     status: str,
     seconds: float,
 ) -> dict[str, Any]:
-    """The part of metrics.json every train, validate or predict run of the config records (see ``train``)."""
+    """The part of metrics.json every train, validate or predict run of the config records.
+
+    ``status``, ``train_loss`` (the loss of the last step, the last number the seed prints; with
+    ``data.standardize`` the sum of squares in standardized units), ``global_step`` (a validate or
+    predict run records its checkpoint's), ``seed``, ``lr``, ``accelerator``, the sizes,
+    ``fit_seconds``, ``updates_per_step``, ``update_path`` (the path the fit took), ``dead_units``,
+    the validation metrics when there are any (in the data's units), and ``diverged_at_step``.
+    :func:`finish` adds ``signal``, ``resumed_from``, ``lr_search`` and ``versions``.
+    """
     metrics = {
         "status": status,
         "mode": cfg.mode,

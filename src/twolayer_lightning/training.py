@@ -352,15 +352,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         cfg: a config composed from ``conf/config.yaml`` (see :func:`twolayer_lightning.run` to compose one).
 
     Returns:
-        The metrics written to ``metrics.json``: ``status``, ``train_loss`` (the loss of the last
-        step, the last number the seed prints), ``global_step``, ``seed``, ``lr``, ``accelerator``,
-        ``fit_seconds``, ``updates_per_step`` and ``update_path`` (the path the fit took), the sizes,
-        the validation metrics when there are any, ``lr_search`` with ``optim.lr=auto`` and
-        ``versions``. Here inf and nan are floats; in ``metrics.json`` they are null, and
-        ``non_finite`` names them. ``train_loss`` is the objective optimized: with
-        ``data.standardize`` the sum of squares in standardized units; the validation metrics
-        are in the data's units. ``mode=validate`` and ``mode=predict`` record the checkpoint's
-        ``global_step``.
+        The metrics written to ``metrics.json`` (see ``results.fit_metrics``), inf and nan as floats
+        (null in the file, named under ``non_finite``).
 
     Raises:
         ConfigError: a value is out of range, the data does not fit the model, the checkpoint
