@@ -84,8 +84,8 @@ class InPlaceSGD(torch.optim.Optimizer):
         """The update alone, for a caller that has just run ``backward`` itself.
 
         No closure, no gradient check and none of ``torch.optim``'s step hooks or profiler
-        records, which make :meth:`step` cost 55 us against 38 us for this at the seed's size on
-        one CPU core. ``LitTwoLayerNet`` calls it on its direct path and captures it into a CUDA
+        records, which cost a visible share of :meth:`step` at the seed's size (benchmarks/README.md).
+        ``LitTwoLayerNet`` calls it on its direct path and captures it into a CUDA
         graph on its ``cuda_graph`` path.
         """
         for group in self.param_groups:
