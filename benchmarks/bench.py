@@ -57,9 +57,9 @@ from unittest import mock
 import lightning as L
 import torch
 
-from twolayer_lightning import FileRegressionData, LitTwoLayerNet, SyntheticRegressionData, cli, run
+from twolayer_lightning import FileRegressionData, LitTwoLayerNet, SyntheticRegressionData, cli, run, training
 from twolayer_lightning.data import EpochBatches
-from twolayer_lightning.module import UPDATE_PATHS
+from twolayer_lightning.updates import UPDATE_PATHS
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SHAPES = "64x1000x100x10,4096x1000x1024x10,16384x1000x2048x10"
@@ -353,7 +353,7 @@ def run_path(
             "logger=csv",
         ]
         timer = LoopTimer(device)
-        make_trainer = cli._make_trainer
+        make_trainer = training.make_trainer
 
         def make_timed_trainer(*args: object, **kwargs: object) -> L.Trainer:
             trainer = make_trainer(*args, **kwargs)
@@ -361,14 +361,14 @@ def run_path(
             return trainer
 
         sync(device)
-        with mock.patch.object(cli, "_make_trainer", make_timed_trainer):
+        with mock.patch.object(training, "make_trainer", make_timed_trainer):
             started = clock()
             metrics = run(overrides, output_dir=tmp)
             total = clock() - started
         state = torch.load(Path(tmp) / "last.ckpt", map_location=device, weights_only=True)["state_dict"]
     # run() reuses the config composed for the same overrides; what a call with new ones pays on top:
     started = clock()
-    cli._composed.__wrapped__(tuple(overrides), cli._config_files_stamp())
+    cli.compose(overrides)
     compose = clock() - started
     return Result(
         metrics["fit_seconds"],

@@ -345,6 +345,18 @@ def test_train_py_runs_from_the_shell(tmp_path, train_py):
 
 
 @pytest.mark.slow
+def test_a_value_out_of_range_is_refused_before_hydra_writes_anything(tmp_path, train_py):
+    out = tmp_path / "run"
+    result = train_py("optim.lr=-1", "trainer.max_steps=0", f"hydra.run.dir={out}")
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and errors[0].startswith("error: optim.lr=-1.0 is not allowed"), result.stderr
+    assert "trainer.max_steps=0" in errors[1]
+    assert "Traceback" not in result.stderr
+    assert not out.exists()  # no .hydra/, no train.log
+
+
+@pytest.mark.slow
 def test_multirun_makes_one_dir_and_metrics_per_job(tmp_path, train_py):
     sweep = tmp_path / "sweep"
     result = train_py(

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from twolayer_lightning import LitTwoLayerNet, run
+from twolayer_lightning.config import ConfigError
 from twolayer_lightning.data import DataError, FileRegressionData, load_regression_arrays
 
 
@@ -547,3 +548,47 @@ def test_mini_batch_resume_from_the_end_of_an_epoch_equals_an_uninterrupted_run(
     a = torch.load(tmp_path / "a" / "last.ckpt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "b" / "last.ckpt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- Predictions on a CSV for a model trained on arrays ---------------------------------------------
+
+
+def train_on_arrays_then_reorder_as_csv(tmp_path: Path) -> tuple[Path, Path, torch.Tensor]:
+    """A model trained on .npy (no column names), a CSV of the same x with its columns reversed, and x."""
+    x, y = make_xy(n=20, d_in=3, d_out=1)
+    np.save(tmp_path / "x.npy", x.numpy())
+    np.save(tmp_path / "y.npy", y.numpy())
+    arrays = [f"data.x_path={tmp_path / 'x.npy'}", f"data.y_path={tmp_path / 'y.npy'}"]
+    run(["data=files", *arrays, "optim.lr=1e-3", "trainer.max_steps=5", "logger=none"], output_dir=tmp_path / "run")
+    reordered = write_csv(tmp_path / "new.csv", ["c", "b", "a"], x.flip(1).tolist())
+    return tmp_path / "run" / "last.ckpt", reordered, x
+
+
+def predict(ckpt: Path, x_path: Path, out: Path, *extra: str) -> torch.Tensor:
+    run(["data=files", f"data.x_path={x_path}", "mode=predict", f"ckpt_path={ckpt}", *extra], output_dir=out)
+    return torch.from_numpy(np.load(out / "predictions.npy"))
+
+
+def test_a_model_trained_on_arrays_refuses_a_named_csv_rather_than_guess_its_column_order(tmp_path):
+    ckpt, reordered, _ = train_on_arrays_then_reorder_as_csv(tmp_path)
+    with pytest.raises(DataError, match=r"without column names.*c, b, a.*data\.columns_by_position=true"):
+        predict(ckpt, reordered, tmp_path / "predict")
+    assert not (tmp_path / "predict" / "predictions.npy").exists()
+
+
+def test_columns_by_position_takes_a_csv_for_an_array_model_in_file_order(tmp_path):
+    ckpt, reordered, x = train_on_arrays_then_reorder_as_csv(tmp_path)
+    in_order = write_csv(tmp_path / "same.csv", ["a", "b", "c"], x.tolist())
+    model = LitTwoLayerNet.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    with torch.no_grad():
+        expected, reversed_columns = model(x), model(x.flip(1))
+    assert torch.equal(predict(ckpt, in_order, tmp_path / "p1", "data.columns_by_position=true"), expected)
+    # By position means by position: the user asked for it, and the reversed file gets what its order says.
+    assert torch.equal(predict(ckpt, reordered, tmp_path / "p2", "data.columns_by_position=true"), reversed_columns)
+    assert torch.equal(predict(ckpt, tmp_path / "x.npy", tmp_path / "p3"), expected)  # arrays: as trained
+
+
+def test_columns_by_position_is_refused_where_nothing_reads_it(tmp_path):
+    with pytest.raises(ConfigError, match=r"data.columns_by_position=true is not allowed with mode='train'"):
+        run(["data=files", "data.x_path=x.npy", "data.columns_by_position=true"], output_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

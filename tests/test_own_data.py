@@ -16,7 +16,7 @@ import torch
 from twolayer_lightning import LitTwoLayerNet, TrainingDivergedError, TwoLayerNet, run
 from twolayer_lightning.config import ConfigError
 from twolayer_lightning.data import DataError, FileRegressionData, check_split, load_regression_arrays
-from twolayer_lightning.optim import search_lr
+from twolayer_lightning.optim import describe_search, log_progress, search_lr
 
 
 def strict_json(path: Path) -> dict:
@@ -170,6 +170,41 @@ def test_search_lr_drops_diverging_members_and_is_seeded():
     assert search_lr(x, y, net.w1, net.w2, steps=50, seed=1, lr_per_row=grid) == found
     with pytest.raises(ValueError, match="every candidate"):
         search_lr(x, y, net.w1, net.w2, steps=50, lr_per_row=(1e4,))
+
+
+def test_search_lr_reports_progress_and_finds_the_same_lr_bit_for_bit(caplog):
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 5, generator=generator), torch.randn(40, 2, generator=generator)
+    net = TwoLayerNet(5, 8, 2, generator=generator, init="scaled")
+    calls = []
+    found = search_lr(
+        x, y, net.w1, net.w2, steps=30, batch_size=7, progress=lambda *a: calls.append(a), progress_seconds=0
+    )
+    assert [(done, total) for done, total, _ in calls] == [(k, 30) for k in range(1, 31)]  # every step, here
+    assert calls[-1][2] == 0 and all(left >= 0 for _, _, left in calls)
+    assert search_lr(x, y, net.w1, net.w2, steps=30, batch_size=7) == found  # the same floats, bit for bit
+    with caplog.at_level(logging.INFO, logger="twolayer_lightning"):
+        log_progress(12, 40, 7.4)
+    assert caplog.messages == ["range test: 12 of 40 steps, about 7 s left"]
+
+
+def test_search_lr_on_fewer_than_5_rows_says_it_scored_on_its_training_rows(tmp_path, caplog):
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4, 2, generator=generator), torch.randn(4, 1, generator=generator)
+    net = TwoLayerNet(2, 3, 1, generator=generator, init="scaled")
+    found = search_lr(x, y, net.w1, net.w2, steps=5)
+    assert (found["fit_rows"], found["held_out_rows"], found["scored_on"]) == (4, 0, "fit_rows")
+    assert "held-out" not in describe_search(found) and "scored on those same rows" in describe_search(found)
+
+    np.save(tmp_path / "x.npy", x.numpy())
+    np.save(tmp_path / "y.npy", y.numpy())
+    files = ["data=files", f"data.x_path={tmp_path / 'x.npy'}", f"data.y_path={tmp_path / 'y.npy'}"]
+    with caplog.at_level(logging.INFO, logger="twolayer_lightning"):
+        metrics = run([*files, "trainer.max_steps=5", "logger=none"], output_dir=tmp_path / "run")
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("optim.lr=auto"))
+    assert "held-out" not in line and "4 training rows, scored on those same rows" in line
+    assert strict_json(tmp_path / "run" / "metrics.json")["lr_search"]["scored_on"] == "fit_rows"
+    assert metrics["lr_search"]["held_out_rows"] == 0
 
 
 # --- the whole user path on scikit-learn's diabetes table -------------------------------------------------------

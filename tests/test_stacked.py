@@ -12,7 +12,12 @@ import contextlib
 import csv
 import errno
 import json
+import logging
 import math
+import os
+import re
+import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import hydra
@@ -20,7 +25,9 @@ import pytest
 import torch
 
 from twolayer_lightning import run, stacked
-from twolayer_lightning.cli import CONFIG_MODULE, TrainingDivergedError
+from twolayer_lightning.checkpoints import STAMP_KEY, StopOnSignal
+from twolayer_lightning.cli import CONFIG_MODULE, sweep_objective
+from twolayer_lightning.errors import TrainingDivergedError, TrainingInterruptedError
 from twolayer_lightning.rundir import LOCK_FILE
 
 STEPS = ["trainer.max_steps=60", "trainer.log_every_n_steps=20"]
@@ -38,7 +45,12 @@ def train_stacked(jobs: list[list[str]], root: Path, exact: bool = True) -> list
     """The launcher's three phases for ``jobs`` (one group): their objectives; job i writes into root/i."""
     members = [stacked.prepare(compose(job, root / str(i))) for i, job in enumerate(jobs)]
     fit = stacked.fit_stacked(members, exact)
-    return [stacked.finish(member, len(members), exact, fit) for member in members]
+    return [member_objective(member, len(members), exact, fit) for member in members]
+
+
+def member_objective(member: stacked.Member, group_size: int, exact: bool, fit: stacked.StackedResult) -> float:
+    """A member's job as the launcher runs it: its files, and its objective for the sweeper."""
+    return sweep_objective(lambda: stacked.finish(member, group_size, exact, fit))
 
 
 def train_alone(job: list[str], out: Path) -> None:
@@ -275,9 +287,78 @@ def test_a_full_disk_fails_that_member_alone_with_one_line(tmp_path: Path, monke
 
     members = [stacked.prepare(compose([f"seed={seed}", *STEPS], tmp_path / str(seed))) for seed in range(2)]
     fit = stacked.fit_stacked(members, exact=True)
-    monkeypatch.setattr("twolayer_lightning.stacked.plot_run", plot_on_a_full_disk)
-    assert stacked.finish(members[0], 2, True, fit) == math.inf
+    monkeypatch.setattr("twolayer_lightning.results.plot_run", plot_on_a_full_disk)
+    assert member_objective(members[0], 2, True, fit) == math.inf
     assert "no space left on the device writing" in caplog.text
     monkeypatch.undo()
-    assert stacked.finish(members[1], 2, True, fit) == metrics(tmp_path / "1")["train_loss"]  # the other goes on
+    assert member_objective(members[1], 2, True, fit) == metrics(tmp_path / "1")["train_loss"]  # the other goes on
     assert not any((tmp_path / str(seed) / LOCK_FILE).exists() for seed in range(2))
+
+
+class SigtermAtStep:
+    """Sends this process SIGTERM at the end of the training step that reaches ``step`` updates (or in which a
+    single run diverged): a scheduler's preemption at a known update, for a single run and a stacked fit alike."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def __call__(self, trainer, pl_module, *args: object) -> None:  # set on the class: called unbound
+        if trainer.global_step >= self.step or getattr(pl_module, "diverged_at", None) is not None:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def final_line(end: Callable[[], object], run_dir: Path, caplog) -> str:
+    """The line a run ends with: its `done:` log line or the error it raises (its run dir and timing left out)."""
+    caplog.clear()
+    try:
+        end()
+    except (TrainingDivergedError, TrainingInterruptedError) as err:
+        line = f"{type(err).__name__}: {err}"
+    else:
+        line = next(r.getMessage() for r in reversed(caplog.records) if r.getMessage().startswith("done: "))
+    return re.sub(r", [0-9.]+ s in [^;]*;", ";", line).replace(str(run_dir), "<run dir>")
+
+
+def checkpoint_of(run_dir: Path) -> dict | None:
+    path = run_dir / "last.ckpt"
+    return torch.load(path, weights_only=True) if path.exists() else None
+
+
+@pytest.mark.parametrize(
+    "signalled", [False, True], ids=["ok-and-diverged", "interrupted-and-diverged-then-interrupted"]
+)
+def test_a_member_ends_as_its_single_run_does(tmp_path: Path, monkeypatch, caplog, signalled: bool) -> None:
+    """ok, diverged, interrupted, and diverged-then-interrupted: metrics.json (less the stacked keys and timings),
+    last.ckpt and the final line of each member equal those of its single run."""
+    caplog.set_level(logging.INFO)
+    steps = ["trainer.max_steps=60", "trainer.log_every_n_steps=10"]
+    jobs = [["optim.lr=1e-6", *steps], ["optim.lr=1e-3", *steps]]  # the second diverges at once
+    if signalled:
+        monkeypatch.setattr(StopOnSignal, "on_train_batch_end", SigtermAtStep(20), raising=False)
+    alone = [
+        final_line(lambda job=job, out=out: run(job, output_dir=out), out, caplog)
+        for job, out in ((job, tmp_path / "alone" / str(i)) for i, job in enumerate(jobs))
+    ]
+    members = [stacked.prepare(compose(job, tmp_path / "stacked" / str(i))) for i, job in enumerate(jobs)]
+    fit = stacked.fit_stacked(members, exact=True)
+    together = [final_line(lambda m=m: stacked.finish(m, len(members), True, fit), m.out, caplog) for m in members]
+    assert together == alone
+    statuses = [metrics(tmp_path / "alone" / str(i))["status"] for i in range(len(jobs))]
+    assert statuses == (["interrupted", "diverged"] if signalled else ["ok", "diverged"])
+    for i in range(len(jobs)):
+        got, want = metrics(tmp_path / "stacked" / str(i)), metrics(tmp_path / "alone" / str(i))
+        assert {k: v for k, v in got.items() if k not in STACKED_ONLY | DIFFERENT} == {
+            k: v for k, v in want.items() if k not in DIFFERENT
+        }
+        assert ("signal" in want) == signalled
+        member_ckpt, single_ckpt = (
+            checkpoint_of(tmp_path / "stacked" / str(i)),
+            checkpoint_of(tmp_path / "alone" / str(i)),
+        )
+        assert (member_ckpt is None) == (single_ckpt is None) == (want["status"] == "diverged")
+        if single_ckpt is not None:
+            assert set(member_ckpt) == set(single_ckpt)
+            for key in ("global_step", "epoch", "hyper_parameters", "loops", "optimizer_states", STAMP_KEY):
+                assert member_ckpt[key] == single_ckpt[key], key
+            for name, tensor in single_ckpt["state_dict"].items():
+                assert torch.equal(member_ckpt["state_dict"][name], tensor), name

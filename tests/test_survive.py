@@ -16,13 +16,21 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
-from twolayer_lightning import ConfigError, SyntheticRegressionData, TrainingInterruptedError, run
-from twolayer_lightning.checkpoints import CHECKPOINT_FORMAT, STAMP_KEY, AtomicCheckpointIO, DiskFullError
+from twolayer_lightning import ConfigError, SyntheticRegressionData, TrainingInterruptedError, run, training
+from twolayer_lightning.checkpoints import (
+    CHECKPOINT_FORMAT,
+    STAMP_KEY,
+    AtomicCheckpointIO,
+    DiskFullError,
+    StopOnSignal,
+)
 from twolayer_lightning.cli import describe_error, main
 from twolayer_lightning.rundir import LOCK_FILE, RunDirLock
 
@@ -93,11 +101,90 @@ def test_a_signal_saves_the_last_update_and_the_resume_is_bitwise(tmp_path, sign
     assert not (tmp_path / "run" / LOCK_FILE).exists()
 
 
+class CtrlCTwiceInAnUpdate(L.LightningModule):
+    """Presses Ctrl-C twice inside its first training step: the second comes while that update runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        os.kill(os.getpid(), signal.SIGINT)  # the first: stop after this update
+        os.kill(os.getpid(), signal.SIGINT)  # the second: stop now
+        return (self.w * batch).sum()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_a_second_ctrl_c_during_an_update_stops_at_once_with_one_line_and_exit_130(tmp_path, capsys):
+    before = signal.getsignal(signal.SIGINT)
+    trainer = L.Trainer(
+        max_steps=5,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[StopOnSignal("test")],
+        default_root_dir=tmp_path,
+    )
+    # Lightning turns a KeyboardInterrupt in a fit into sys.exit(1); the second Ctrl-C must say 130.
+    with pytest.raises(SystemExit) as info:
+        trainer.fit(CtrlCTwiceInAnUpdate(), torch.utils.data.DataLoader(torch.ones(4, 1)))
+    assert info.value.code == 130
+    assert trainer.global_step == 0  # the update it was in did not finish
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: interrupted by a second SIGINT: stopped at once, without saving (checkpoints saved before are kept)"
+    ]
+    assert signal.getsignal(signal.SIGINT) is before  # handlers are back
+
+
+def test_ctrl_c_acts_as_before_once_a_fit_has_ended(tmp_path):
+    before = signal.getsignal(signal.SIGINT)
+    run(["trainer.max_steps=3", "logger=none"], output_dir=tmp_path / "run")
+    assert signal.getsignal(signal.SIGINT) is before  # not the fit's handler, which would swallow a later Ctrl-C
+
+
+@pytest.mark.slow
+def test_two_ctrl_c_50_ms_apart_end_with_exit_130_one_line_and_files_that_tell_the_truth(tmp_path):
+    """The first Ctrl-C stops the fit within its update (milliseconds), so the second mostly comes while
+    last.ckpt and metrics.json are written, and waits until they are; on a loaded machine it may still
+    find the update running, and then stops at once without saving. Either way: 130, one line."""
+    process = subprocess.Popen(
+        [sys.executable, "train.py", f"hydra.run.dir={tmp_path / 'run'}", "trainer.max_steps=1000000"],
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    for line in process.stdout:
+        if " loss " in line:  # training is under way
+            break
+    time.sleep(0.5)
+    os.kill(process.pid, signal.SIGINT)
+    time.sleep(0.05)
+    os.kill(process.pid, signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output[-3000:]
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in output, output[-3000:]
+    if "second SIGINT" in errors[0]:
+        assert not (tmp_path / "run" / "metrics.json").exists()  # nothing claims a result
+    else:
+        assert "ckpt_path=last" in errors[0], output[-3000:]
+        metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+        assert metrics["status"] == "interrupted" and metrics["signal"] == "SIGINT"
+        saved = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["global_step"]
+        assert saved == metrics["global_step"]
+    assert not (tmp_path / "run" / LOCK_FILE).exists()
+
+
 def test_a_signal_after_the_fit_waits_until_the_files_are_written(tmp_path, monkeypatch):
     def plot_and_get_a_sigterm(run_dir: Path) -> None:
         os.kill(os.getpid(), signal.SIGTERM)  # held: without that, this process would end here
 
-    monkeypatch.setattr("twolayer_lightning.cli.plot_run", plot_and_get_a_sigterm)
+    monkeypatch.setattr("twolayer_lightning.results.plot_run", plot_and_get_a_sigterm)
     with pytest.raises(TrainingInterruptedError, match="after training had finished") as info:
         run(["trainer.max_steps=3"], output_dir=tmp_path / "run")
     assert info.value.exit_code == 143
@@ -209,7 +296,7 @@ def test_a_full_disk_while_writing_anything_else_is_one_line(tmp_path, monkeypat
     def plot_on_a_full_disk(run_dir: Path) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / "loss.png"))
 
-    monkeypatch.setattr("twolayer_lightning.cli.plot_run", plot_on_a_full_disk)
+    monkeypatch.setattr("twolayer_lightning.results.plot_run", plot_on_a_full_disk)
     with pytest.raises(DiskFullError) as info:
         run(["trainer.max_steps=2"], output_dir=tmp_path / "run")
     assert describe_error(info.value).startswith(f"error: no space left on the device writing {tmp_path / 'run'}")
@@ -353,3 +440,31 @@ def test_an_interrupted_run_dir_takes_only_a_resume(tmp_path):
     with pytest.raises(ConfigError, match="holds an interrupted run; resume it with"):
         run(["logger=none", "trainer.max_steps=5"], output_dir=out)
     assert run(["logger=none", "trainer.max_steps=8", "ckpt_path=last"], output_dir=out)["global_step"] == 8
+
+
+@pytest.mark.parametrize(
+    ("where", "signum"),
+    [
+        ("twolayer_lightning.training.make_data", signal.SIGTERM),
+        ("twolayer_lightning.training.search_lr", signal.SIGINT),
+    ],
+)
+def test_a_signal_while_the_run_is_set_up_ends_it_with_one_line_and_a_record(tmp_path, monkeypatch, where, signum):
+    """SIGTERM while the data loads, Ctrl-C in the lr range test: one line, exit 128 + signal, metrics.json says
+    interrupted, the lock is gone, and the folder takes the run again (nothing was trained to resume)."""
+    original = getattr(training, where.rsplit(".", 1)[1])
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signum)  # arrives while this stage runs, as a scheduler's or a user's would
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(where, signalled)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingInterruptedError, match=r"while the run was set up.*start it again") as info:
+        run(["optim.lr=auto", "trainer.max_steps=20"], output_dir=out)
+    assert info.value.exit_code == 128 + signum
+    assert json.loads((out / "metrics.json").read_text())["status"] == "interrupted"
+    assert not (out / LOCK_FILE).exists() and not (out / "last.ckpt").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers are back
+    monkeypatch.undo()
+    assert run(["trainer.max_steps=20"], output_dir=out)["status"] == "ok"

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 
@@ -72,3 +74,36 @@ def test_parallel_launchers_run_each_job_in_its_own_dir(tmp_path, launcher, trai
     assert [row["status"] for row in rows] == ["ok", "ok"]
     seeds = sorted(json.loads((tmp_path / "sweep" / row["dir"] / "metrics.json").read_text())["seed"] for row in rows)
     assert seeds == [0, 1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["basic", "stacked"])
+def test_a_sweep_resumes_in_place_keeping_finished_jobs(tmp_path, train_py, launcher):
+    """The sweep's own command plus ckpt_path=last: a finished job is kept (not trained again), a killed one
+    resumes from its newest checkpoint, one that never started trains afresh; the weights are those of the
+    uninterrupted sweep, bit for bit."""
+    jobs = [f"hydra/launcher={launcher}", "seed=0,1,2", "trainer.max_steps=200", "trainer.checkpoint_every_n_steps=50"]
+    sweep_dir = tmp_path / "sweep"
+    first = train_py("-m", *jobs, f"hydra.sweep.dir={sweep_dir}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    whole = {job: torch.load(sweep_dir / job / "last.ckpt", weights_only=True)["state_dict"] for job in ("1", "2")}
+    # Job 1 as a kill -9 after step 100 leaves it, job 2 as if the sweep had died before it started.
+    (sweep_dir / "1" / "metrics.json").unlink()
+    (sweep_dir / "1" / "last.ckpt").unlink()
+    for step in (150, 200):
+        (sweep_dir / "1" / "checkpoints" / f"step-{step}.ckpt").unlink()
+    shutil.rmtree(sweep_dir / "2")
+    kept_mtime = (sweep_dir / "0" / "metrics.json").stat().st_mtime_ns
+
+    again = train_py("-m", *jobs, f"hydra.sweep.dir={sweep_dir}", "ckpt_path=last")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (sweep_dir / "0" / "metrics.json").stat().st_mtime_ns == kept_mtime  # kept, not trained again
+    assert "job kept: it had finished (status ok)" in (sweep_dir / "0" / "train.log").read_text()
+    resumed = json.loads((sweep_dir / "1" / "metrics.json").read_text())
+    assert resumed["status"] == "ok" and resumed["resumed_from"]["global_step"] == 100
+    assert "resumed_from" not in json.loads((sweep_dir / "2" / "metrics.json").read_text())
+    for job, state in whole.items():
+        again_state = torch.load(sweep_dir / job / "last.ckpt", weights_only=True)["state_dict"]
+        assert all(torch.equal(again_state[name], tensor) for name, tensor in state.items()), job
+    with (sweep_dir / "summary.csv").open(newline="") as f:
+        assert [row["status"] for row in csv.DictReader(f)] == ["ok", "ok", "ok"]

@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import threading
 from pathlib import Path
 from types import FrameType
@@ -31,17 +32,13 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from twolayer_lightning.config import ConfigError
+from twolayer_lightning.errors import ConfigError, DiskFullError
 
 log = logging.getLogger(__name__)
 
 # Bumped when a checkpoint of this package changes in a way an older or newer version cannot resume.
 CHECKPOINT_FORMAT = 1
 STAMP_KEY = "twolayer_lightning"  # the checkpoint's entry {"format": ..., "version": ...}
-
-
-class DiskFullError(OSError):
-    """A checkpoint did not fit on its filesystem; the previous checkpoints are intact."""
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -182,39 +179,45 @@ class StopOnSignal(L.Callback):
     its loops then raise ``SIGTERMException`` at the end of the training step; the module stops
     its updates within the step as soon as it sees the flag. This callback adds SIGINT (Ctrl-C)
     to that path for the fit, so both signals stop at an update boundary instead of Python's
-    KeyboardInterrupt landing in the middle of an update; a second Ctrl-C interrupts at once.
+    KeyboardInterrupt landing in the middle of an update. A second Ctrl-C while that update still
+    runs stops the process at once, without saving: one line on stderr and ``SystemExit(130)``. (Once
+    the fit has ended, Ctrl-C no longer reaches this handler: Lightning puts the previous one back.)
     With several processes (DDP) and a module that has ``request_stop``
     (:class:`~twolayer_lightning.LitTwoLayerNet`), both signals only ask the module: its ranks agree
     after an update to stop after that one, all of them, and the fit then ends normally with
-    ``pl_module.stopped_by`` set (Lightning's own SIGTERM path can leave ranks waiting on each other).
+    :attr:`stopped_together` set (Lightning's own SIGTERM path can leave ranks waiting on each other).
     It also stamps every checkpoint with the package's checkpoint format and version.
 
     Attributes:
         received: the signal that stopped the fit (``signal.SIGTERM`` or ``signal.SIGINT``), or None.
+        stopped_together: with several processes, the signal on which all ranks agreed to stop (the fit
+            then ended without ``SIGTERMException``), or None.
     """
 
     def __init__(self, version: str) -> None:
         self.version = version
         self.received: int | None = None
+        self.stopped_together: int | None = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.received = None
-        # Lightning notes every signal's handler when it registers its SIGTERM handler (after this
-        # hook) and puts those back when the fit tears down.
-        if threading.current_thread() is threading.main_thread() and not self._agreed_stop(trainer, pl_module):
-            signal.signal(signal.SIGINT, self._make_sigint_handler(trainer))
+        self.received = self.stopped_together = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if threading.current_thread() is threading.main_thread() and self._agreed_stop(trainer, pl_module):
+        # Here, not in on_fit_start: Lightning records every signal's handler after on_fit_start and
+        # puts those back when the fit tears down (also after an exception). Set before that record,
+        # this handler would be put back and outlive the fit, turning a later Ctrl-C into a no-op.
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if self._agreed_stop(trainer, pl_module):
             # Several processes: Lightning's SIGTERM handler runs a collective (a broadcast) inside the
             # handler, wherever this rank happens to be, and its loops stop each rank on its own flag:
             # the ranks then wait in collectives the others never join. Here both signals only ask the
             # module, whose ranks agree after an update to stop after it (LitTwoLayerNet.request_stop).
-            # Set here, after Lightning has registered its SIGTERM handler (and noted the handlers to
-            # restore when the fit tears down), which it does after on_fit_start.
             handler = self._make_request_handler(pl_module.request_stop)
             signal.signal(signal.SIGTERM, handler)
             signal.signal(signal.SIGINT, handler)
+            return
+        signal.signal(signal.SIGINT, self._make_sigint_handler(trainer))
 
     @staticmethod
     def _agreed_stop(trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
@@ -224,7 +227,7 @@ class StopOnSignal(L.Callback):
     def _make_request_handler(self, request_stop: Any) -> Any:
         def on_signal(signum: int, frame: FrameType | None) -> None:
             if signum == signal.SIGINT and self.received is not None:
-                raise KeyboardInterrupt  # the second Ctrl-C (or one after SIGTERM): stop now
+                _stop_at_once()  # the second Ctrl-C (or one after SIGTERM)
             log.info(
                 "%s: all processes stop after an update they agree on%s",
                 "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name,
@@ -239,12 +242,16 @@ class StopOnSignal(L.Callback):
     def _make_sigint_handler(self, trainer: L.Trainer) -> Any:
         def on_sigint(signum: int, frame: FrameType | None) -> None:
             if trainer.received_sigterm:
-                raise KeyboardInterrupt  # the second Ctrl-C: stop now
+                _stop_at_once()  # the second Ctrl-C while an update still runs
             log.info("Ctrl-C: stopping after the current update (press it again to stop at once)")
             self.received = signal.SIGINT
             trainer._signal_connector.received_sigterm = True  # the flag Lightning's SIGTERM handler sets
 
         return on_sigint
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._agreed_stop(trainer, pl_module):
+            self.stopped_together = pl_module.stopped_by  # the same on every rank
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if trainer.received_sigterm and self.received is None:
@@ -252,3 +259,15 @@ class StopOnSignal(L.Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint[STAMP_KEY] = {"format": CHECKPOINT_FORMAT, "version": self.version}
+
+
+def _stop_at_once() -> None:
+    """A second Ctrl-C during a fit: stop now, without saving, with one line and exit 130.
+
+    SystemExit, not KeyboardInterrupt, which Lightning's fit turns into sys.exit(1) without a word of the signal.
+    """
+    print(
+        "error: interrupted by a second SIGINT: stopped at once, without saving (checkpoints saved before are kept)",
+        file=sys.stderr,
+    )
+    raise SystemExit(128 + signal.SIGINT)

@@ -18,12 +18,14 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from twolayer_lightning.errors import ConfigError
+from twolayer_lightning.updates import UPDATE_PATHS
+
 ACCELERATORS = ("cpu", "gpu", "auto")
 # Precisions the exact update can honour: the seed's float32, or float64 throughout.
 PRECISIONS = ("32-true", "32", "64-true", "64")
 LOGGERS = ("csv", "tensorboard", "none")
 STRATEGIES = ("auto", "ddp")
-UPDATE_PATHS = ("auto", "handwritten", "direct", "lightning", "cuda_graph")  # LitTwoLayerNet's update_path
 
 
 DATA_KINDS = ("synthetic", "files")
@@ -42,6 +44,10 @@ class DataConfig:
     shuffle: bool = True  # files: reshuffle mini-batches every epoch, seeded by `seed`
     standardize: bool = False  # files: centre and scale x and y with the training rows' mean and std
     split_seed: int = 0  # files: draws the validation rows (`seed` draws weights and batch order)
+    # files, mode=predict on a CSV with a model trained on arrays (it knows no column names): take the
+    # CSV's columns by position, in file order; false refuses such a CSV. A model that knows its names
+    # matches them by name whatever this says.
+    columns_by_position: bool = False
 
 
 @dataclass
@@ -128,14 +134,6 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="schema", node=Config)
 
 
-class ConfigError(ValueError):
-    """One or more config values are out of range; ``problems`` holds one line per value."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
-
-
 def unknown_keys(cfg: Any) -> list[str]:
     """One line for each key of ``cfg`` that the schema does not have, naming the keys it has there.
 
@@ -177,7 +175,7 @@ def unknown_keys(cfg: Any) -> list[str]:
 
 @functools.cache
 def _schema_keys() -> dict[str, Any]:
-    """The schema's keys and defaults as nested dicts (read only): building them takes ~10 ms, once."""
+    """The schema's keys and defaults as nested dicts (read only), built once."""
     return OmegaConf.to_container(OmegaConf.structured(Config))
 
 
@@ -192,26 +190,48 @@ def validate(cfg: Any, cuda_available: bool | None = None) -> None:
         ConfigError: one line per problem, each naming the key, the value and what is allowed.
     """
     problems: list[str] = unknown_keys(cfg)
+    for check in (_check_run, _check_data, _check_model, _check_steps, _check_processes, _check_update_path):
+        check(cfg, problems)
+    _check_device(cfg, problems, cuda_available)
+    if problems:
+        raise ConfigError(problems)
 
-    def positive_int(key: str, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            problems.append(f"{key}={value!r} is not allowed: use a whole number > 0")
 
-    def choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
-        if value not in allowed:
-            problems.append(f"{key}={value!r} is not allowed: use one of {', '.join(allowed)}")
+def _positive_int(problems: list[str], key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        problems.append(f"{key}={value!r} is not allowed: use a whole number > 0")
 
+
+def _choice(problems: list[str], key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        problems.append(f"{key}={value!r} is not allowed: use one of {', '.join(allowed)}")
+
+
+def _check_run(cfg: Any, problems: list[str]) -> None:
+    """``seed``, ``mode``, ``ckpt_path`` and ``logger``."""
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
         problems.append(f"seed={cfg.seed!r} is not allowed: use a whole number >= 0")
-    choice("mode", cfg.mode, MODES)
+    _choice(problems, "mode", cfg.mode, MODES)
     if cfg.mode != "train" and cfg.ckpt_path is None:
         problems.append(
             f"mode={cfg.mode!r} needs a checkpoint: add ckpt_path=<run dir>/last.ckpt (or checkpoints/best.ckpt)"
         )
+    if cfg.ckpt_path not in (None, "last") and not Path(cfg.ckpt_path).is_file():
+        problems.append(f"ckpt_path={cfg.ckpt_path!r} is not a file: give the path of a .ckpt written by a run")
+    _choice(problems, "logger", cfg.logger, LOGGERS)
+    if cfg.logger == "tensorboard" and not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
+        problems.append(
+            "logger='tensorboard' needs the tensorboard package: pip install 'twolayer-lightning[tensorboard]', "
+            "or use logger=csv"
+        )
+
+
+def _check_data(cfg: Any, problems: list[str]) -> None:
+    """The ``data.*`` keys, and the model sizes synthetic data needs."""
     data = cfg.data
-    choice("data.kind", data.kind, DATA_KINDS)
+    _choice(problems, "data.kind", data.kind, DATA_KINDS)
     if data.kind == "synthetic":
-        positive_int("data.num_samples", data.num_samples)
+        _positive_int(problems, "data.num_samples", data.num_samples)
         for key in ("in_features", "out_features"):
             if cfg.model[key] is None:
                 problems.append(f"model.{key}=None is not allowed with synthetic data: use a whole number > 0")
@@ -220,13 +240,33 @@ def validate(cfg: Any, cuda_available: bool | None = None) -> None:
     if not isinstance(data.val_fraction, (int, float)) or not 0 <= data.val_fraction < 1:
         problems.append(f"data.val_fraction={data.val_fraction!r} is not allowed: use a number in [0, 1)")
     if data.batch_size is not None:
-        positive_int("data.batch_size", data.batch_size)
+        _positive_int(problems, "data.batch_size", data.batch_size)
+    if data.kind == "synthetic" and data.get("standardize"):
+        problems.append(
+            "data.standardize=true is not allowed with synthetic data: the seed's data is used as drawn; "
+            "use data=files for your own data"
+        )
+    by_position = data.get("columns_by_position", False)
+    if not isinstance(by_position, bool):
+        problems.append(f"data.columns_by_position={by_position!r} is not allowed: use true or false")
+    elif by_position and (cfg.mode != "predict" or data.kind != "files"):
+        problems.append(
+            f"data.columns_by_position=true is not allowed with mode={cfg.mode!r} and data.kind={data.kind!r}: it "
+            "only applies to mode=predict with data=files (a CSV for a model trained on arrays); drop it"
+        )
+    split_seed = data.get("split_seed", 0)
+    if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
+        problems.append(f"data.split_seed={split_seed!r} is not allowed: use a whole number >= 0")
+
+
+def _check_model(cfg: Any, problems: list[str]) -> None:
+    """The ``model.*`` keys and ``optim.lr``."""
     for key in ("in_features", "out_features"):
         if cfg.model[key] is not None:
-            positive_int(f"model.{key}", cfg.model[key])
-    positive_int("model.hidden_features", cfg.model.hidden_features)
-    choice("model.activation", cfg.model.activation, ("clamp", "function"))
-    choice("model.init", cfg.model.init, ("seed", "scaled"))
+            _positive_int(problems, f"model.{key}", cfg.model[key])
+    _positive_int(problems, "model.hidden_features", cfg.model.hidden_features)
+    _choice(problems, "model.activation", cfg.model.activation, ("clamp", "function"))
+    _choice(problems, "model.init", cfg.model.init, ("seed", "scaled"))
     lr = cfg.optim.lr
     if lr != "auto" and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0):
         shown = float(lr) if isinstance(lr, int) and not isinstance(lr, bool) else lr  # 0 reads as 0.0, as typed
@@ -234,19 +274,16 @@ def validate(cfg: Any, cuda_available: bool | None = None) -> None:
             f"optim.lr={shown!r} is not allowed: use a finite number > 0 (the seed uses 1e-6), or auto (a range test "
             "on the training rows picks it)"
         )
-    if data.kind == "synthetic" and data.get("standardize"):
-        problems.append(
-            "data.standardize=true is not allowed with synthetic data: the seed's data is used as drawn; "
-            "use data=files for your own data"
-        )
-    split_seed = data.get("split_seed", 0)
-    if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
-        problems.append(f"data.split_seed={split_seed!r} is not allowed: use a whole number >= 0")
-    positive_int("trainer.max_steps", cfg.trainer.max_steps)
-    positive_int("trainer.log_every_n_steps", cfg.trainer.log_every_n_steps)
+
+
+def _check_steps(cfg: Any, problems: list[str]) -> None:
+    """The step counts and intervals, and how they fit ``trainer.updates_per_step``."""
+    data = cfg.data
+    _positive_int(problems, "trainer.max_steps", cfg.trainer.max_steps)
+    _positive_int(problems, "trainer.log_every_n_steps", cfg.trainer.log_every_n_steps)
     if cfg.trainer.updates_per_step is not None:
-        positive_int("trainer.updates_per_step", cfg.trainer.updates_per_step)
-    positive_int("trainer.val_every_n_steps", cfg.trainer.val_every_n_steps)
+        _positive_int(problems, "trainer.updates_per_step", cfg.trainer.updates_per_step)
+    _positive_int(problems, "trainer.val_every_n_steps", cfg.trainer.val_every_n_steps)
     ups = cfg.trainer.updates_per_step
     if isinstance(ups, int) and ups > 1 and data.kind == "files" and data.batch_size is not None:
         problems.append(
@@ -272,13 +309,16 @@ def validate(cfg: Any, cuda_available: bool | None = None) -> None:
     keep = cfg.trainer.keep_checkpoints
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
         problems.append(f"trainer.keep_checkpoints={keep!r} is not allowed: use a whole number >= 0 (0 keeps all)")
-    if cfg.ckpt_path not in (None, "last") and not Path(cfg.ckpt_path).is_file():
-        problems.append(f"ckpt_path={cfg.ckpt_path!r} is not a file: give the path of a .ckpt written by a run")
+
+
+def _check_processes(cfg: Any, problems: list[str]) -> None:
+    """``trainer.devices``, ``num_nodes`` and ``strategy``."""
+    data = cfg.data
     devices = cfg.trainer.devices
     if devices != "auto":
-        positive_int("trainer.devices", devices)
-    positive_int("trainer.num_nodes", cfg.trainer.num_nodes)
-    choice("trainer.strategy", cfg.trainer.strategy, STRATEGIES)
+        _positive_int(problems, "trainer.devices", devices)
+    _positive_int(problems, "trainer.num_nodes", cfg.trainer.num_nodes)
+    _choice(problems, "trainer.strategy", cfg.trainer.strategy, STRATEGIES)
     processes = _processes(cfg) or 0
     if cfg.trainer.strategy == "ddp" and data.kind == "synthetic" and data.num_samples < processes:
         problems.append(
@@ -290,8 +330,13 @@ def validate(cfg: Any, cuda_available: bool | None = None) -> None:
             f"trainer.updates_per_step={cfg.trainer.updates_per_step!r} is not allowed with trainer.strategy=ddp: "
             "DDP syncs gradients once per forward of a training step; use trainer.updates_per_step=1"
         )
+
+
+def _check_update_path(cfg: Any, problems: list[str]) -> None:
+    """``trainer.update_path`` against the processes and batches it would run with."""
+    data = cfg.data
     path = cfg.trainer.update_path
-    choice("trainer.update_path", path, UPDATE_PATHS)
+    _choice(problems, "trainer.update_path", path, UPDATE_PATHS)
     if cfg.trainer.strategy == "ddp" and path not in ("auto", "lightning"):
         problems.append(
             f"trainer.update_path={path!r} is not allowed with trainer.strategy=ddp: DDP syncs gradients in "
@@ -308,19 +353,18 @@ def validate(cfg: Any, cuda_available: bool | None = None) -> None:
             f"trainer.update_path='cuda_graph' is not allowed with data.batch_size={data.batch_size}: the graph "
             "replays one fixed batch; use data.batch_size=null (full batch) or trainer.update_path=direct"
         )
-    choice("logger", cfg.logger, LOGGERS)
-    if cfg.logger == "tensorboard" and not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
-        problems.append(
-            "logger='tensorboard' needs the tensorboard package: pip install 'twolayer-lightning[tensorboard]', "
-            "or use logger=csv"
-        )
+
+
+def _check_device(cfg: Any, problems: list[str], cuda_available: bool | None) -> None:
+    """``trainer.precision`` and ``trainer.accelerator`` (torch is asked about CUDA only when it matters)."""
+    path = cfg.trainer.update_path
     if str(cfg.trainer.precision) not in PRECISIONS:
         problems.append(
             f"trainer.precision={cfg.trainer.precision!r} is not allowed: the exact update needs full "
             "precision; use 32-true (the seed's float32) or 64-true"
         )
     accelerator = cfg.trainer.accelerator
-    choice("trainer.accelerator", accelerator, ACCELERATORS)
+    _choice(problems, "trainer.accelerator", accelerator, ACCELERATORS)
     if accelerator in ("gpu", "auto") and cuda_available is None:
         import torch
 
@@ -335,5 +379,3 @@ def validate(cfg: Any, cuda_available: bool | None = None) -> None:
             f"trainer.update_path='cuda_graph' needs a GPU, and trainer.accelerator={accelerator!r} trains on the "
             "CPU here; use trainer.accelerator=gpu, or trainer.update_path=direct (the same arithmetic, no graph)"
         )
-    if problems:
-        raise ConfigError(problems)

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
+from twolayer_lightning.errors import DataError
+
 log = logging.getLogger(__name__)
 
 
@@ -179,10 +181,6 @@ def _repeat_full_batch(
 SUFFIXES = (".npy", ".npz", ".pt", ".csv")
 
 
-class DataError(ValueError):
-    """A data file cannot be used. The one-line message names the file, what is wrong, the value seen and the fix."""
-
-
 def load_regression_arrays(
     x_path: str | os.PathLike[str],
     y_path: str | os.PathLike[str] | None = None,
@@ -247,15 +245,20 @@ def load_inputs(
     x_path: str | os.PathLike[str],
     x_columns: Sequence[str] | None = None,
     target_columns: Sequence[str] | None = None,
+    columns_by_position: bool = False,
 ) -> torch.Tensor:
     """Read inputs x alone, for predictions on new rows that have no targets.
 
     A ``.npy``, a ``.pt`` tensor, or an ``.npz``/``.pt`` dict's ``x`` (or its only array); a CSV's
-    ``x_columns`` in that order (the names the model was trained with), or when those are not
-    known, every column except the ``target_columns`` present in it.
+    ``x_columns`` in that order (the names the model was trained with, whatever ``columns_by_position``
+    says). A model trained on arrays knows no names (``x_columns`` None), so a CSV's header cannot be
+    matched to what it learnt: its columns are taken by position, in file order without the
+    ``target_columns`` present in it, only with ``columns_by_position=True``; else the CSV is refused,
+    since a reordered table would give wrong predictions without a word.
 
     Raises:
-        DataError: the file cannot be used, or a CSV lacks one of ``x_columns``.
+        DataError: the file cannot be used, a CSV lacks one of ``x_columns``, or a CSV meets a model
+            that knows no column names without ``columns_by_position``.
     """
     path = Path(x_path)
     content = _open(path, "x")
@@ -268,6 +271,12 @@ def load_inputs(
                     f"{', '.join(x_columns)} (the file has {', '.join(content.header)}); give a CSV with them"
                 )
             cols = [content.header.index(name) for name in x_columns]
+        elif not columns_by_position:
+            raise DataError(
+                f"{path}: the model was trained on arrays, without column names, so this CSV's columns "
+                f"({', '.join(content.header)}) cannot be matched by name; set data.columns_by_position=true to take "
+                "them by position (in file order), or give x as .npy, .npz or .pt"
+            )
         else:
             cols = [j for j, name in enumerate(content.header) if name not in (target_columns or ())]
         names = [content.header[j] for j in cols]
@@ -441,7 +450,7 @@ class FileRegressionData(L.LightningDataModule):
             # On the device once: batches are gathered there, with no copy to it per step.
             train = tuple(t.to(self.trainer.strategy.root_device) for t in train)
         # batch_size=None: each batch of indices goes to the dataset at once, one gather per tensor
-        # instead of a row-by-row fetch and torch.stack (4.5x faster for 1024 rows of 1000 features).
+        # instead of a row-by-row fetch and torch.stack (benchmarks/README.md, Mini-batches).
         return DataLoader(TensorDataset(*train), sampler=batches, batch_size=None)
 
     def state_dict(self) -> dict[str, Any]:

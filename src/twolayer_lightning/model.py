@@ -192,3 +192,10 @@ class TwoLayerNet(nn.Module):
 def sum_squared_error(y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The seed's loss ``(y_pred - y).pow(2).sum()``: a sum, not a mean, over all N * D_out entries."""
     return (y_pred - y).pow(2).sum()
+
+
+@torch.no_grad()
+def live_rows_per_unit(x: torch.Tensor, w1: torch.Tensor) -> torch.Tensor:
+    """For each hidden unit, the rows of ``x`` whose ReLU input is not negative ``(H,)``: a unit with 0 is
+    dead (no gradient reaches it from these rows). One forward matmul."""
+    return (x.mm(w1) >= 0).sum(dim=0)

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
-from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import ExplainedVariance, MeanSquaredError, MetricCollection, R2Score
 
-from twolayer_lightning.model import Activation, Init, TwoLayerNet, sum_squared_error
+from twolayer_lightning.model import Activation, Init, TwoLayerNet, live_rows_per_unit
 from twolayer_lightning.optim import InPlaceSGD
+from twolayer_lightning.updates import UPDATE_PATHS, UpdatePath, make_fit_update, settle_path
 
 log = logging.getLogger(__name__)
-
-UpdatePath = Literal["auto", "handwritten", "direct", "lightning", "cuda_graph"]
-UPDATE_PATHS: tuple[str, ...] = ("auto", "handwritten", "direct", "lightning", "cuda_graph")
 
 
 class LitTwoLayerNet(L.LightningModule):
@@ -54,7 +52,7 @@ class LitTwoLayerNet(L.LightningModule):
       bitwise, ``"direct"`` on a GPU, where they have not run yet.
 
     Each path is one small update object (given x and y: one update, return the loss and the
-    predictions), chosen once when the fit starts.
+    predictions), chosen once when the fit starts (see :mod:`twolayer_lightning.updates`).
 
     The loss of every step is kept on the device and looked at every ``log_every_n_steps``
     steps of the Trainer (one device sync per interval, not per step): each step's loss goes to
@@ -143,7 +141,8 @@ class LitTwoLayerNet(L.LightningModule):
         self.stopped_by: int | None = None
         self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (x, y, y_pred) of the last update
         self._path: str = update_path  # the path this fit takes, settled in on_train_start
-        self._update: _Update | None = None  # runs one update of that path; made in on_train_start
+        # Runs one update of that path (twolayer_lightning.updates); made in on_train_start.
+        self._update: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
         # One metric object per stage. Train metrics are taken at each report on the batch just
         # used (the whole training set when training is full batch), so steps between reports
         # cost nothing; validation metrics cover the whole validation set.
@@ -198,52 +197,29 @@ class LitTwoLayerNet(L.LightningModule):
         self.stop_requested = self.stopped_by = None
 
     def on_train_start(self) -> None:
+        self.begin_fit(self._settle_path())
+        optimizer = self.optimizers()
+        # A resume restores the optimizer's state, lr included: the lr this module was built with
+        # is the one the remaining updates use (and the one a run records).
+        for group in optimizer.optimizer.param_groups:
+            group["lr"] = self.hparams.lr
+        self._update = make_fit_update(self._path, self.net, optimizer, self.trainer, self.manual_backward)
+
+    def begin_fit(self, update_path: str) -> None:
+        """Start a fit: forget the last fit's losses and divergence, and record the update path it takes.
+
+        :meth:`on_train_start` calls it; so does a fit that runs this network's updates itself (the
+        stacked fit), before its first update.
+        """
         self._first_step = self.global_step  # 0 for a fresh fit; a resume starts where its checkpoint ended
         self.losses = []
         self.diverged_at = None
         self._pending = []
-        self._path = self._settle_path()
-        # A resume restores the optimizer's state, lr included: the lr this module was built with
-        # is the one the remaining updates use (and the one a run records).
-        for group in self.optimizers().optimizer.param_groups:
-            group["lr"] = self.hparams.lr
-        self._update = UPDATES[self._path](self)
+        self._path = update_path
 
     def _settle_path(self) -> str:
-        """The update path this fit can take: the one asked for, or ``"lightning"`` where it must be."""
-        path = self.hparams.update_path
-        if path == "auto":
-            # Handwritten gradients are proven bitwise where the parity tests run: the CPU.
-            path = "handwritten" if self.device.type == "cpu" else "direct"
-        if path == "lightning":
-            return path
-        if path == "cuda_graph" and self.device.type != "cuda":
-            raise ValueError(
-                f"LitTwoLayerNet: update_path='cuda_graph' needs a CUDA device, and this fit runs on "
-                f"{self.device.type}; use update_path='direct' (the same arithmetic without a graph)"
-            )
-        if self.trainer.world_size > 1:
-            if path == "cuda_graph":
-                raise ValueError(
-                    "LitTwoLayerNet: update_path='cuda_graph' runs in one process, and this fit has "
-                    f"{self.trainer.world_size}; use update_path='lightning' with DDP"
-                )
-            return "lightning"  # DDP syncs gradients in its own backward hooks: the textbook path
-        optimizer = self.optimizers()
-        if not isinstance(optimizer.optimizer, InPlaceSGD):
-            rank_zero_warn(
-                f"LitTwoLayerNet: update_path={path!r} needs configure_optimizers to return an InPlaceSGD, not "
-                f"{type(optimizer.optimizer).__name__}; taking update_path='lightning'"
-            )
-            return "lightning"
-        if not all(callable(getattr(optimizer, name, None)) for name in ("_on_before_step", "_on_after_step")):
-            # The two calls LightningOptimizer.step makes to count a step; private, so checked.
-            rank_zero_warn(
-                f"LitTwoLayerNet: this Lightning's LightningOptimizer has no _on_before_step/_on_after_step, "
-                f"which update_path={path!r} uses to count updates; taking update_path='lightning'"
-            )
-            return "lightning"
-        return path
+        """The update path this fit takes (:func:`~twolayer_lightning.updates.settle_path`)."""
+        return settle_path(self.hparams.update_path, self.device.type, self.trainer.world_size, self.optimizers)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -352,7 +328,10 @@ class LitTwoLayerNet(L.LightningModule):
 
     @property
     def update_path_taken(self) -> str:
-        """The update path the last fit took: ``update_path``, or ``"lightning"`` where it had to (DDP)."""
+        """The update path the last fit took: ``update_path``, or ``"lightning"`` where it had to (DDP).
+
+        ``"batched"`` after a stacked fit in batched mode, which trained this network with others at once.
+        """
         return self._path
 
     @property
@@ -385,15 +364,21 @@ class LitTwoLayerNet(L.LightningModule):
         if self.trainer.is_global_zero:
             log.info("step %d  loss %r", t, pending[-1])
 
-    @torch.no_grad()
     def _train_metrics(self) -> dict[str, float]:
-        """Metrics of the last update's batch, from the predictions it already made, in the data's units.
-
-        A batch of one row has no R2 or explained variance (they need two rows): only its MSE then.
-        """
+        """Metrics of the last update's batch, from the predictions it already made, in the data's units."""
         if self._last is None:
             return {}
         _, y, y_pred = self._last
+        return self.batch_metrics(y, y_pred)
+
+    @torch.no_grad()
+    def batch_metrics(self, y: torch.Tensor, y_pred: torch.Tensor) -> dict[str, float]:
+        """The train metrics a report logs (``train_mse``, ``train_r2``, ``train_explained_variance``).
+
+        Of the predictions ``y_pred`` for the targets ``y`` of one training batch, both as the
+        training step sees them (standardized when the net scales), in the data's units. A batch
+        of one row has no R2 or explained variance (they need two rows): only its MSE then.
+        """
         y, y_pred = self.net.unstandardize_y(y), self.net.unstandardize_y(y_pred)
         if len(y) < 2:
             return {"train_mse": (y_pred - y).pow(2).mean().item()}
@@ -483,170 +468,6 @@ def _regression_metrics(prefix: str) -> MetricCollection:
     return MetricCollection(
         {"mse": MeanSquaredError(), "r2": R2Score(), "explained_variance": ExplainedVariance()}, prefix=prefix
     )
-
-
-class _Update:
-    """One seed update of a path: given the batch, update the weights once, return the loss and predictions.
-
-    Both come back detached; the predictions are those the loss was computed from, before the update.
-    """
-
-    def __init__(self, module: LitTwoLayerNet) -> None:
-        self.module = module
-        self.net = module.net
-        self.lightning_optimizer = module.optimizers()
-        self.optimizer = self.lightning_optimizer.optimizer
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # LightningOptimizer.step makes these two calls around an optimizer's step; they count it in
-        # global_step. Between them runs the whole update, without Lightning's per-update wrappers.
-        self.lightning_optimizer._on_before_step()
-        loss, y_pred = self.update(x, y)
-        self.lightning_optimizer._on_after_step()
-        return loss, y_pred
-
-    def update(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
-
-
-class _LightningUpdate(_Update):
-    """``manual_backward`` + ``optimizer.step()``: every per-update hook runs; DDP syncs gradients here."""
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        world_size = self.module.trainer.world_size
-        y_pred = self.net.seed_forward(x)
-        loss = sum_squared_error(y_pred, y)  # with several processes: the sum over this rank's rows
-        # DDP averages gradients over the W ranks; W times each rank's sum makes that average the
-        # full batch's gradient, the seed's. One process multiplies by nothing, to stay bitwise.
-        self.module.manual_backward(loss * world_size if world_size > 1 else loss)
-        self.lightning_optimizer.step()  # the seed's `w -= lr * w.grad; w.grad.zero_()`, counted in global_step
-        return loss.detach(), y_pred.detach()
-
-
-class _DirectUpdate(_Update):
-    """The seed's section 三 as one plain function: forward, loss, ``backward()``, the in-place update."""
-
-    def update(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y_pred = self.net.seed_forward(x)
-        loss = sum_squared_error(y_pred, y)
-        loss.backward()
-        self.optimizer.update()  # w -= lr * w.grad; w.grad.zero_()
-        return loss.detach(), y_pred.detach()
-
-
-class _HandwrittenUpdate(_Update):
-    """The seed's section 二: the gradients written out by hand, then the in-place update.
-
-    Each line is the operation autograd's backward runs for this net (``pow`` backward is
-    ``2 * (y_pred - y)``, ``mm`` backward multiplies by the other factor's transpose, the ReLU's
-    zeroes the gradient where its input was negative), in the same order on the same operands, so
-    the result is bitwise the autograd loop's. No graph is built and no ``.grad`` is kept.
-    """
-
-    def __init__(self, module: LitTwoLayerNet) -> None:
-        super().__init__(module)
-        # Each weight's parameter group, for its lr: the optimizer stays the one place the lr lives.
-        group_of = {id(p): group for group in self.optimizer.param_groups for p in group["params"]}
-        self.group1, self.group2 = group_of[id(self.net.w1)], group_of[id(self.net.w2)]
-        # The weights' own storage without autograd (the fit has moved, cast and restored them by
-        # now): updated in place, the parameters change with it, and no no_grad context is entered
-        # per update.
-        self.w1, self.w2 = self.net.w1.detach(), self.net.w2.detach()
-
-    def update(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # The lrs are read each update, as the optimizer's step would.
-        return handwritten_update(self.w1, self.w2, x, y, self.group1["lr"], self.group2["lr"])
-
-
-def handwritten_update(
-    w1: torch.Tensor, w2: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lr1: float, lr2: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One seed update with the gradients written out (section 二), in place; returns the loss and predictions.
-
-    Each line is the operation autograd's backward runs for this net, on the same operands in the
-    same order, so the weights are bitwise those of the autograd update (see ``"handwritten"`` in
-    :class:`LitTwoLayerNet`). ``w1`` and ``w2`` are updated in place and must not require grad:
-    pass ``weight.detach()`` (the same storage, so the parameter changes with it), which also
-    spares a ``no_grad`` context per update.
-    """
-    h = x.mm(w1)  # (N, H)
-    h_relu = h.clamp(min=0)  # (N, H)
-    y_pred = h_relu.mm(w2)  # (N, D_out)
-    diff = y_pred - y  # (N, D_out)
-    loss = diff.pow(2).sum()
-    grad_y_pred = 2.0 * diff  # (N, D_out)
-    grad_w2 = h_relu.t().mm(grad_y_pred)  # (H, D_out)
-    grad_h = grad_y_pred.mm(w2.t())  # (N, H)
-    # The ReLU's backward (clamp's and ClampReLU's alike): the seed's `grad_h[h < 0] = 0`, the same
-    # values, as one kernel without an index step.
-    grad_h = torch.where(h < 0, 0.0, grad_h)
-    grad_w1 = x.t().mm(grad_h)  # (D_in, H)
-    w1 -= lr1 * grad_w1
-    w2 -= lr2 * grad_w2
-    return loss, y_pred
-
-
-@torch.no_grad()
-def live_rows_per_unit(x: torch.Tensor, w1: torch.Tensor) -> torch.Tensor:
-    """For each hidden unit, the rows of ``x`` whose ReLU input is not negative ``(H,)``: a unit with 0 is
-    dead (no gradient reaches it from these rows). One forward matmul."""
-    return (x.mm(w1) >= 0).sum(dim=0)
-
-
-class _GraphUpdate(_DirectUpdate):
-    """The direct update captured as a CUDA graph at the first call, replayed for every update.
-
-    Replaying it runs the same kernels on the same memory as the eager update, so the weights
-    stay bitwise equal to it, with one launch instead of about twenty and no Python per update.
-    The graph reads the batch from the tensors it was captured with, so every training step must
-    bring those same tensors: the full batch, which the data modules keep on the device.
-    """
-
-    def __init__(self, module: LitTwoLayerNet) -> None:
-        super().__init__(module)
-        self.graph: torch.cuda.CUDAGraph | None = None
-
-    def update(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.graph is None:
-            self._capture(x, y)
-        if x is not self.x or y is not self.y:
-            raise ValueError(
-                "LitTwoLayerNet: update_path='cuda_graph' replays the batch it was captured with, and this "
-                "training step got other tensors; train on the full batch (data.batch_size unset: the data "
-                "modules then give the same device tensors every step) or use update_path='direct'"
-            )
-        self.graph.replay()
-        # The loss as a new tensor; the predictions are the graph's own (overwritten by the next replay).
-        return self.loss.clone(), self.y_pred
-
-    def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
-        params = list(self.net.parameters())
-        # Capture needs a few eager runs first (on a side stream) for autograd's and cuBLAS's
-        # first-call set-up. They update the weights, so the weights are put back afterwards.
-        saved = [p.detach().clone() for p in params]
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                super().update(x, y)
-        torch.cuda.current_stream().wait_stream(side)
-        with torch.no_grad():
-            for p, value in zip(params, saved, strict=True):
-                p.copy_(value)
-                p.grad = None  # backward in the graph then owns the gradients' memory
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):  # records the kernels; nothing runs until replay
-            self.loss, self.y_pred = super().update(x, y)
-
-
-# The update path's name -> its update; a new path is one class and one entry here.
-UPDATES: dict[str, type[_Update]] = {
-    "handwritten": _HandwrittenUpdate,
-    "direct": _DirectUpdate,
-    "lightning": _LightningUpdate,
-    "cuda_graph": _GraphUpdate,
-}
 
 
 class UpdateProgressBar(TQDMProgressBar):

@@ -1,14 +1,20 @@
 """The seed's update as a ``torch.optim.Optimizer`` (``p -= lr * p.grad`` then ``p.grad.zero_()``),
-and :func:`search_lr`, which picks its lr for a user's data (``optim.lr=auto``)."""
+the same update with the gradients written out (:func:`handwritten_update`) and for many networks
+at once (:func:`stacked_update`), and :func:`search_lr`, which picks its lr for a user's data
+(``optim.lr=auto``)."""
 
 from __future__ import annotations
 
 import itertools
+import logging
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 class InPlaceSGD(torch.optim.Optimizer):
@@ -78,8 +84,8 @@ class InPlaceSGD(torch.optim.Optimizer):
         """The update alone, for a caller that has just run ``backward`` itself.
 
         No closure, no gradient check and none of ``torch.optim``'s step hooks or profiler
-        records, which make :meth:`step` cost 55 us against 38 us for this at the seed's size on
-        one CPU core. ``LitTwoLayerNet`` calls it on its direct path and captures it into a CUDA
+        records, which cost a visible share of :meth:`step` at the seed's size (benchmarks/README.md).
+        ``LitTwoLayerNet`` calls it on its direct path and captures it into a CUDA
         graph on its ``cuda_graph`` path.
         """
         for group in self.param_groups:
@@ -117,67 +123,38 @@ def search_lr(
     seed: int = 0,
     held_out_fraction: float = 0.2,
     lr_per_row: Sequence[float] = LR_PER_ROW_GRID,
+    progress: Callable[[int, int, float], None] | None = None,
+    progress_seconds: float = 5.0,
 ) -> dict[str, Any]:
     """Pick the seed update's learning rate for x and y by training every candidate at once.
 
-    Plain torch. The rows are split (seeded) into rows to fit and ``held_out_fraction`` of them
-    held out (with fewer than 5 rows, all rows do both). Each candidate lr is one member of a
-    stack: every member starts from ``w1``, ``w2``, and all members take the same steps together,
-    batched with ``bmm`` over the stacked weights, each with the seed's update ``w -= lr * grad``
-    and its own lr. The steps are those of the fit: the full batch every step, or seeded
-    mini-batches of ``batch_size`` rows. The lr whose member ends with the lowest held-out loss
-    wins; a member whose loss turns inf or nan is dropped.
-
-    Because the seed's loss sums over rows, a candidate is given as an lr per row; the fit's lr is
-    that divided by the rows of one of the fit's updates (``len(x)``, or ``batch_size``), and the
-    members here use it divided by the rows of theirs.
-
-    The work is capped at about that of the fit: ``steps`` (the fit's) when one stacked step costs
-    about what one of the fit's does (small tables, where each step's cost is overhead), fewer
-    (at least 10) when it costs more.
+    Plain torch. Each candidate starts from ``w1``, ``w2`` as one member of a stack (:class:`_RangeTest`)
+    trained on the fit's batches; the lowest loss on the ``held_out_fraction`` of rows held out (seeded)
+    wins. With fewer than 5 rows none is held out: they are scored on the rows they trained on.
 
     Args:
-        x: the training rows' inputs ``(N, D_in)``, as the fit sees them (standardized).
-        y: their targets ``(N, D_out)``.
-        w1: the fit's initial ``(D_in, H)`` weights.
-        w2: the fit's initial ``(H, D_out)`` weights.
-        steps: the fit's number of updates.
-        batch_size: the fit's mini-batch rows; None for the full batch.
+        x, y: the training rows ``(N, D_in)``, ``(N, D_out)``, as the fit sees them (standardized).
+        w1, w2: the fit's initial weights.
+        steps: the fit's number of updates; batch_size: its mini-batch rows (None: the full batch).
         seed: seeds the held-out rows and the mini-batch order.
         held_out_fraction: the share of rows held out to score the candidates.
         lr_per_row: the candidates, as lr times rows per update.
+        progress: called as ``progress(steps done, steps in all, seconds left)`` every
+            ``progress_seconds`` (e.g. :func:`log_progress`); it sees no tensor, so the result is the same.
 
     Returns:
-        ``lr`` (the fit's lr, a float), ``candidates`` (the fit's lr of each candidate),
-        ``held_out_mse`` (each member's mean squared error on the held-out rows at the end, None
-        for a dropped member), ``steps`` (of the test), ``fit_rows`` and ``held_out_rows``.
+        ``lr``, ``candidates`` (the fit's lrs), ``held_out_mse`` (None: diverged), ``steps`` (the test's),
+        ``fit_rows``, ``held_out_rows`` and ``scored_on``; :func:`describe_search` puts it in words.
 
     Raises:
         ValueError: every member diverged.
     """
     n = len(x)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    num_held = round(held_out_fraction * n) if n >= 5 else 0
-    held, fit = (order[:num_held], order[num_held:]) if num_held else (order, order)
-    x_fit, y_fit, x_held, y_held = x[fit], y[fit], x[held], y[held]
-    rows_test = len(fit) if batch_size is None else min(batch_size, len(fit))  # rows per update, here
-    rows_fit = n if batch_size is None else min(batch_size, n)  # and in the fit
-    members = len(lr_per_row)
-    member_work = rows_test * (w1.shape[0] + w2.shape[1]) * w1.shape[1]  # multiply-adds of one forward
-    cut = max(_OVERHEAD_WORK, members * member_work) / max(_OVERHEAD_WORK, member_work)
-    test_steps = max(min(steps, 10), min(steps, int(steps / cut)))
-    lr = torch.tensor([c / rows_test for c in lr_per_row], dtype=x.dtype, device=x.device).view(-1, 1, 1)
-    stacked_w1 = w1.detach().expand(members, -1, -1).clone()  # (K, D_in, H)
-    stacked_w2 = w2.detach().expand(members, -1, -1).clone()  # (K, H, D_out)
-    batches = _batches(len(fit), batch_size, seed, x.device)
-    for _ in range(test_steps):
-        rows = next(batches)
-        xb, yb = (x_fit, y_fit) if rows is None else (x_fit[rows], y_fit[rows])
-        stacked_update(stacked_w1, stacked_w2, xb, yb, lr)
-    with torch.no_grad():
-        y_pred = torch.matmul(x_held, stacked_w1).clamp(min=0).bmm(stacked_w2)  # (K, N_held, D_out)
-        mse = (y_pred - y_held).pow(2).mean(dim=(1, 2)).tolist()
-    scores = [value if math.isfinite(value) else None for value in mse]
+    held, fit = _held_out_split(n, held_out_fraction, seed)
+    test = _RangeTest(x[fit], y[fit], w1, w2, lr_per_row, batch_size)
+    test_steps = test.run(steps, seed, progress, progress_seconds)
+    scores = [value if math.isfinite(value) else None for value in test.mse(x[held], y[held])]
+    rows_fit = n if batch_size is None else min(batch_size, n)  # rows per update in the fit
     finite = [(value, i) for i, value in enumerate(scores) if value is not None]
     candidates = [c / rows_fit for c in lr_per_row]
     if not finite:
@@ -192,8 +169,87 @@ def search_lr(
         "held_out_mse": scores,
         "steps": test_steps,
         "fit_rows": len(fit),
-        "held_out_rows": len(held),
+        "held_out_rows": len(held) if held is not fit else 0,
+        "scored_on": "held_out_rows" if held is not fit else "fit_rows",
     }
+
+
+def _held_out_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(held-out rows, rows to fit), drawn with ``seed``; with fewer than 5 rows both are all the rows."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    num_held = round(fraction * n) if n >= 5 else 0
+    return (order[:num_held], order[num_held:]) if num_held else (order, order)
+
+
+class _RangeTest:
+    """:func:`search_lr`'s members: every candidate's weights stacked, trained together on the rows to fit.
+
+    Because the seed's loss sums over rows, a candidate is given as an lr per row: the fit's lr is
+    that divided by the rows of one of the fit's updates (all of x, or ``batch_size``), and the
+    members here use it divided by the rows of theirs.
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        w1: torch.Tensor,
+        w2: torch.Tensor,
+        lr_per_row: Sequence[float],
+        batch_size: int | None,
+    ) -> None:
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.rows = len(x) if batch_size is None else min(batch_size, len(x))  # rows per update, here
+        self.members = len(lr_per_row)
+        self.member_work = self.rows * (w1.shape[0] + w2.shape[1]) * w1.shape[1]  # multiply-adds of one forward
+        self.lr = torch.tensor([c / self.rows for c in lr_per_row], dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        self.w1 = w1.detach().expand(self.members, -1, -1).clone()  # (K, D_in, H)
+        self.w2 = w2.detach().expand(self.members, -1, -1).clone()  # (K, H, D_out)
+
+    def run(self, fit_steps: int, seed: int, progress: Callable[[int, int, float], None] | None, every: float) -> int:
+        """Stacked updates on the fit's batches, calling ``progress`` every ``every`` seconds; returns how many.
+
+        As many as the fit's ``fit_steps`` when one stacked step costs about what one of the fit's does
+        (small tables, where each step's cost is overhead), fewer (at least 10) when it costs more.
+        """
+        cut = max(_OVERHEAD_WORK, self.members * self.member_work) / max(_OVERHEAD_WORK, self.member_work)
+        steps = max(min(fit_steps, 10), min(fit_steps, int(fit_steps / cut)))
+        batches = _batches(len(self.x), self.batch_size, seed, self.x.device)
+        started = reported = time.perf_counter()
+        for step in range(steps):
+            rows = next(batches)
+            xb, yb = (self.x, self.y) if rows is None else (self.x[rows], self.y[rows])
+            stacked_update(self.w1, self.w2, xb, yb, self.lr)
+            now = time.perf_counter()
+            if progress is not None and now - reported >= every:
+                reported = now
+                progress(step + 1, steps, (now - started) / (step + 1) * (steps - step - 1))
+        return steps
+
+    @torch.no_grad()
+    def mse(self, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+        """Each member's mean squared error on ``x``, ``y`` (inf or nan for one that diverged)."""
+        y_pred = torch.matmul(x, self.w1).clamp(min=0).bmm(self.w2)  # (K, N, D_out)
+        return (y_pred - y).pow(2).mean(dim=(1, 2)).tolist()
+
+
+def log_progress(done: int, total: int, seconds_left: float) -> None:
+    """A ``progress`` for :func:`search_lr`: one info line, ``range test: k of n steps, about T s left``."""
+    log.info("range test: %d of %d steps, about %.0f s left", done, total, seconds_left)
+
+
+def describe_search(found: dict[str, Any]) -> str:
+    """The record of :func:`search_lr` in words: the lr it picked, how it scored, and every candidate's score."""
+    if found.get("scored_on") == "fit_rows":
+        scored = "scored on those same rows, as fewer than 5 leave none to hold out; their MSE"
+    else:
+        scored = f"scored on {found['held_out_rows']} held-out ones; held-out MSE"
+    scores = ", ".join(
+        f"{lr:.3g}: {'diverged' if mse is None else f'{mse:.4g}'}"
+        for lr, mse in zip(found["candidates"], found["held_out_mse"], strict=True)
+    )
+    test = f"range test: {found['steps']} steps on {found['fit_rows']} training rows"
+    return f"lr {found['lr']:.3g} ({test}, {scored} by lr: {scores})"
 
 
 @torch.no_grad()
@@ -228,6 +284,34 @@ def stacked_update(
     grad_w1 = torch.matmul(x.transpose(-1, -2), grad_h)  # (K, D_in, H)
     w1 -= lr * grad_w1  # the seed's update, one lr per member
     w2 -= lr * grad_w2
+    return loss, y_pred
+
+
+def handwritten_update(
+    w1: torch.Tensor, w2: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lr1: float, lr2: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One seed update with the gradients written out (section 二), in place; returns the loss and predictions.
+
+    Each line is the operation autograd's backward runs for this net, on the same operands in the
+    same order, so the weights are bitwise those of the autograd update (the ``"handwritten"``
+    update path of :class:`~twolayer_lightning.module.LitTwoLayerNet`). ``w1`` and ``w2`` are
+    updated in place and must not require grad: pass ``weight.detach()`` (the same storage, so the
+    parameter changes with it), which also spares a ``no_grad`` context per update.
+    """
+    h = x.mm(w1)  # (N, H)
+    h_relu = h.clamp(min=0)  # (N, H)
+    y_pred = h_relu.mm(w2)  # (N, D_out)
+    diff = y_pred - y  # (N, D_out)
+    loss = diff.pow(2).sum()
+    grad_y_pred = 2.0 * diff  # (N, D_out)
+    grad_w2 = h_relu.t().mm(grad_y_pred)  # (H, D_out)
+    grad_h = grad_y_pred.mm(w2.t())  # (N, H)
+    # The ReLU's backward (clamp's and ClampReLU's alike): the seed's `grad_h[h < 0] = 0`, the same
+    # values, as one kernel without an index step.
+    grad_h = torch.where(h < 0, 0.0, grad_h)
+    grad_w1 = x.t().mm(grad_h)  # (D_in, H)
+    w1 -= lr1 * grad_w1
+    w2 -= lr2 * grad_w2
     return loss, y_pred
 
 

@@ -143,6 +143,34 @@ def numpy_gradients(
     return loss, grad_w1, grad_w2
 
 
+def _numpy_start(
+    sizes: tuple[int, int, int, int],
+    seed: int,
+    dtype: str | type[np.floating] | np.dtype,
+    initial: Sequence[np.ndarray] | None,
+) -> tuple[np.ndarray, ...]:
+    """:func:`numpy_loop`'s ``(x, y, w1, w2)``: ``initial`` copied, or drawn from ``seed``, as ``dtype``."""
+    num_samples, in_features, hidden_features, out_features = sizes
+    try:
+        np_dtype = NUMPY_DTYPES[np.dtype(dtype).name]  # accepts "float32", np.float32 and np.dtype alike
+    except (TypeError, KeyError):
+        raise ValueError(f"dtype={dtype!r} is not allowed; use one of {', '.join(NUMPY_DTYPES)}") from None
+    if initial is None:
+        rng = np.random.default_rng(seed)
+        # Drawn in float64 like the seed's np.random.randn, then rounded, so both dtypes start alike.
+        initial = (
+            rng.standard_normal((num_samples, in_features)),  # x (N, D_in)
+            rng.standard_normal((num_samples, out_features)),  # y (N, D_out)
+            rng.standard_normal((in_features, hidden_features)),  # w1 (D_in, H)
+            rng.standard_normal((hidden_features, out_features)),  # w2 (H, D_out)
+        )
+    if len(initial) != 4:
+        raise ValueError(f"initial must be (x, y, w1, w2); got {len(initial)} arrays")
+    # np.array copies: the loop's in-place update must not write into the caller's arrays.
+    x, y, w1, w2 = (np.array(a, dtype=np_dtype) for a in initial)
+    return x, y, w1, w2
+
+
 def numpy_loop(
     num_samples: int = 64,
     in_features: int = 1000,
@@ -179,24 +207,7 @@ def numpy_loop(
     Raises:
         ValueError: ``dtype`` is not float32 or float64, or ``initial`` is not four arrays.
     """
-    try:
-        np_dtype = NUMPY_DTYPES[np.dtype(dtype).name]  # accepts "float32", np.float32 and np.dtype alike
-    except (TypeError, KeyError):
-        raise ValueError(f"dtype={dtype!r} is not allowed; use one of {', '.join(NUMPY_DTYPES)}") from None
-    if initial is None:
-        rng = np.random.default_rng(seed)
-        # Drawn in float64 like the seed's np.random.randn, then rounded, so both dtypes start alike.
-        initial = (
-            rng.standard_normal((num_samples, in_features)),  # x (N, D_in)
-            rng.standard_normal((num_samples, out_features)),  # y (N, D_out)
-            rng.standard_normal((in_features, hidden_features)),  # w1 (D_in, H)
-            rng.standard_normal((hidden_features, out_features)),  # w2 (H, D_out)
-        )
-    if len(initial) != 4:
-        raise ValueError(f"initial must be (x, y, w1, w2); got {len(initial)} arrays")
-    # np.array copies: the in-place update below must not write into the caller's arrays.
-    x, y, w1, w2 = (np.array(a, dtype=np_dtype) for a in initial)
-
+    x, y, w1, w2 = _numpy_start((num_samples, in_features, hidden_features, out_features), seed, dtype, initial)
     learning_rate = lr
     losses: list[float] = []
     for t in range(steps):

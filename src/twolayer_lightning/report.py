@@ -152,8 +152,8 @@ _SUPERSCRIPTS = str.maketrans("-0123456789", "\u207b\u2070\u00b9\u00b2\u00b3\u20
 def _power_of_ten(value: float, _position: int) -> str:
     """``10⁴`` as plain text for a major tick of a log axis (those sit at powers of ten).
 
-    matplotlib's own ``10^4`` labels go through its TeX parser, about 30 ms a label on every new
-    figure: most of the time a run's loss.png took.
+    matplotlib's own ``10^4`` labels go through its TeX parser for every label of every new figure,
+    which was most of the time a run's loss.png took (benchmarks/README.md has the figures).
     """
     return "10" + str(round(math.log10(value))).translate(_SUPERSCRIPTS)
 

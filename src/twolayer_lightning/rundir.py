@@ -2,11 +2,12 @@
 
 :func:`check_run_dir` refuses, with one line each, a folder that is a file, cannot be written, or
 already holds a finished run (``metrics.json`` with a status other than ``interrupted``); a run
-that stopped early (interrupted, or killed with no status) may only be resumed there
-(``ckpt_path=last``). :class:`RunDirLock` keeps a second process out of a folder in use: the
-lock file holds its owner's pid and host, and a lock whose process is gone (a kill -9) is taken
-over. :class:`RunDirGuard` runs both as a Hydra callback before Hydra writes ``.hydra/`` or opens
-``train.log``, so a refused run touches nothing of the run it was refused for.
+that stopped early with a checkpoint (interrupted, or killed with no status) may only be resumed
+there (``ckpt_path=last``); one interrupted before it saved anything may start again.
+:class:`RunDirLock` keeps a second process out of a folder in use: the lock file holds its owner's
+pid and host, and a lock whose process is gone (a kill -9) is taken over. :class:`RunDirGuard`
+runs both as a Hydra callback before Hydra writes ``.hydra/`` or opens ``train.log``, so a refused
+run touches nothing of the run it was refused for.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from twolayer_lightning.config import ConfigError, validate
+from twolayer_lightning.config import validate
+from twolayer_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,39 @@ LOCK_FILE = ".lock"
 FINISHED_ELSEWHERE = "choose another dir (hydra.run.dir=... or run(..., output_dir=...))"
 
 
+_started_with: list[str] = []  # the command line's words for this process's runs, once cli.main has said them
+
+
+def started_from_command_line(program: str) -> None:
+    """Say that this process's runs come from the command line ``program`` (``sys.argv[0]``), so that the
+    commands that messages suggest use its words; without it they speak of ``run()``, the library call."""
+    name = Path(program).name
+    words = {"__main__.py": "python -m twolayer_lightning", "twolayer-train": "twolayer-train"}
+    _started_with[:] = [words.get(name, f"python {name}")]
+
+
+def command() -> str | None:
+    """The command line that started this process's runs (``python train.py``, ``python -m
+    twolayer_lightning``, ``twolayer-train``), or None when the package is used as a library."""
+    return _started_with[0] if _started_with else None
+
+
+# Set beside HYDRA_FULL_ERROR=1 by the entry point (cli.main), which sets that to get Hydra's errors
+# as exceptions: tells its own setting from a user's, also in the DDP ranks that inherit both.
+FULL_ERROR_MARKER = "TWOLAYER_LIGHTNING_SET_HYDRA_FULL_ERROR"
+
+
+def user_wants_tracebacks() -> bool:
+    """HYDRA_FULL_ERROR=1 set by the user (who gets tracebacks then, not one-line errors), not by the entry point."""
+    return os.environ.get("HYDRA_FULL_ERROR") == "1" and FULL_ERROR_MARKER not in os.environ
+
+
 def resume_hint(run_dir: Path) -> str:
-    """The command that resumes the run in ``run_dir`` from its newest checkpoint."""
-    return f"python train.py hydra.run.dir={run_dir} ckpt_path=last <the run's other overrides>"
+    """How to resume the run in ``run_dir`` from its newest checkpoint, in the terms the run was started in."""
+    started_with = command()
+    if started_with is None:
+        return f'run([<the run\'s overrides>, "ckpt_path=last"], output_dir="{run_dir}")'
+    return f"{started_with} hydra.run.dir={run_dir} ckpt_path=last <the run's other overrides>"
 
 
 def has_checkpoint(run_dir: Path) -> bool:
@@ -65,7 +96,7 @@ def check_run_dir(run_dir: Path, resuming: bool, mode: str = "train") -> None:
         raise ConfigError(
             [f"{where} is not writable ({str(existing)!r} is read-only for this user); {FINISHED_ELSEWHERE}"]
         )
-    status = _status(run_dir)
+    status = recorded_status(run_dir)
     if status is not None and (status != "interrupted" or mode != "train"):
         raise ConfigError(
             [
@@ -75,11 +106,12 @@ def check_run_dir(run_dir: Path, resuming: bool, mode: str = "train") -> None:
         )
     if resuming:
         return
-    if status == "interrupted":
+    checkpoint = has_checkpoint(run_dir)
+    if status == "interrupted" and checkpoint:
         raise ConfigError(
             [f"{where} holds an interrupted run; resume it with `{resume_hint(run_dir)}`, or {FINISHED_ELSEWHERE}"]
         )
-    if has_checkpoint(run_dir):
+    if checkpoint:
         raise ConfigError(
             [
                 f"{where} holds a run that stopped without a {METRICS_FILE} (killed?) and left checkpoints; resume it "
@@ -88,7 +120,7 @@ def check_run_dir(run_dir: Path, resuming: bool, mode: str = "train") -> None:
         )
 
 
-def _status(run_dir: Path) -> str | None:
+def recorded_status(run_dir: Path) -> str | None:
     """The status in ``run_dir/metrics.json``; None without one, ``"unreadable"`` for a broken one."""
     try:
         metrics = json.loads((run_dir / METRICS_FILE).read_text())
@@ -184,6 +216,8 @@ class RunDirLock:
 
 def is_rank_zero() -> bool:
     """False in the extra processes Lightning starts for DDP, which share rank 0's run dir."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only  # here: a config check needs no Lightning
+
     return rank_zero_only.rank == 0
 
 
@@ -191,18 +225,21 @@ class RunDirGuard(Callback):
     """Hydra callback: check the run dir and take its lock before Hydra writes anything into it.
 
     Hydra calls ``on_run_start`` before it makes the run dir, writes ``.hydra/`` and opens the
-    job's log file; a refused run ends there with one line and exit status 2 (SystemExit: Hydra
-    turns exceptions in callbacks into warnings). A ``-m`` sweep into a sweep dir that already
+    job's log file; a refused run (a config value out of range, or a run dir it may not use) ends
+    there with one line per problem and exit status 2 (SystemExit: Hydra turns exceptions in
+    callbacks into warnings). A ``-m`` sweep into a sweep dir that already
     holds a finished job is refused the same way in ``on_multirun_start``.
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if not is_rank_zero():
-            return
         try:
-            validate(config)
-        except ConfigError:
-            return  # train() reports a bad value, and such a run must leave no folder behind
+            validate(config)  # here, not in train(): by then Hydra has made the run dir, .hydra/ and train.log
+        except ConfigError as err:
+            if user_wants_tracebacks():
+                return  # train() raises it with a traceback, which an exception here would not give
+            _refuse(err)
+        if not is_rank_zero():
+            return  # the extra processes of a DDP run share rank 0's run dir and lock
         run_dir = _run_dir(config)
         try:
             check_run_dir(run_dir, config.ckpt_path is not None or slurm_requeued(), config.mode)
@@ -222,6 +259,8 @@ class RunDirGuard(Callback):
             RunDirLock(_run_dir(config).absolute()).release()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.get("ckpt_path") == "last":
+            return  # the sweep resumed in place: each job keeps, resumes or starts its run (see cli)
         sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir")))
         finished = sorted(sweep_dir.glob(f"**/{METRICS_FILE}")) if sweep_dir.is_dir() else []
         if finished:
@@ -229,8 +268,8 @@ class RunDirGuard(Callback):
                 ConfigError(
                     [
                         f"hydra.sweep.dir={str(sweep_dir)!r} already holds a sweep's results ({finished[0]}); choose "
-                        "another hydra.sweep.dir (resume one interrupted job with `python train.py "
-                        "hydra.run.dir=<its job dir> ckpt_path=last <its overrides>`)"
+                        "another hydra.sweep.dir, or resume that sweep in place: its command with "
+                        f"hydra.sweep.dir={sweep_dir} ckpt_path=last"
                     ]
                 )
             )
@@ -238,8 +277,8 @@ class RunDirGuard(Callback):
 
 def _run_dir(config: DictConfig) -> Path:
     """Where the run will write: ``output_dir`` when given, else ``hydra.run.dir`` (its default's target)."""
-    node = config._get_node("output_dir")
-    if node is not None and "hydra:runtime.output_dir" not in str(node._value()):
+    given = OmegaConf.to_container(config, resolve=False).get("output_dir")  # unresolved: ${...} as written
+    if given is not None and "hydra:runtime.output_dir" not in str(given):
         return Path(str(config.output_dir))
     return Path(str(OmegaConf.select(config, "hydra.run.dir")))
 

@@ -27,12 +27,10 @@ diverged``; the others go on as if it had not been there.
 from __future__ import annotations
 
 import contextlib
-import errno
 import itertools
 import logging
 import math
 import os
-import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,31 +39,27 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from twolayer_lightning.checkpoints import AtomicCheckpointIO, DiskFullError, StopOnSignal
-from twolayer_lightning.cli import (
-    CHECKPOINT_FILE,
-    _choose_lr,
-    _diverged_message,
-    _fit_metrics,
-    _isolated_global_state,
-    _make_data,
-    _make_logger,
-    _new_model,
-    _output_dir,
-    _package_version,
-    _versions,
-    _write_metrics,
-)
+from twolayer_lightning import results
+from twolayer_lightning.checkpoints import AtomicCheckpointIO, StopOnSignal
 from twolayer_lightning.config import updates_per_step, validate
 from twolayer_lightning.data import FileRegressionData, SyntheticRegressionData
-from twolayer_lightning.model import sum_squared_error
-from twolayer_lightning.module import LitTwoLayerNet, handwritten_update, live_rows_per_unit
-from twolayer_lightning.optim import InPlaceSGD, stacked_update
-from twolayer_lightning.report import plot_run
+from twolayer_lightning.model import live_rows_per_unit
+from twolayer_lightning.module import LitTwoLayerNet
+from twolayer_lightning.optim import InPlaceSGD
 from twolayer_lightning.rundir import RunDirLock
+from twolayer_lightning.training import (
+    choose_lr,
+    isolated_global_state,
+    make_data,
+    make_logger,
+    new_model,
+    output_dir,
+    package_version,
+    run_until_signal,
+)
+from twolayer_lightning.updates import BatchedUpdate, CountedUpdate, MemberUpdates, make_update, settle_path
 
 log = logging.getLogger(__name__)
 
@@ -131,15 +125,15 @@ def prepare(cfg: DictConfig) -> Member:
             is left locked then.
     """
     validate(cfg)
-    out = _output_dir(cfg).absolute()  # resolved now, inside the job (it reads Hydra's job config)
+    out = output_dir(cfg).absolute()  # resolved now, inside the job (it reads Hydra's job config)
     lock = RunDirLock(out)
     lock.acquire()
     try:
-        with _isolated_global_state():
+        with isolated_global_state():
             generator = torch.Generator().manual_seed(cfg.seed)
-            data = _make_data(cfg, generator)
-            lr, lr_search = _choose_lr(cfg, data, generator, None)
-            model = _new_model(cfg, data, generator, lr, updates_per_step(cfg))
+            data = make_data(cfg, generator)
+            lr, lr_search = choose_lr(cfg, data, generator, None)
+            model = new_model(cfg, data, generator, lr)
         model.take_data(data)
         out.mkdir(parents=True, exist_ok=True)
     except BaseException:
@@ -220,6 +214,11 @@ class StackedFit(L.LightningModule):
     steps, reports and divergence checks happen where a single run of the members' config has
     them, so that each member's logged rows and checkpoint are those of its single run.
 
+    The update objects are built when the fit starts (:mod:`twolayer_lightning.updates`): in exact
+    mode each member's own, the one its single run takes (:func:`~twolayer_lightning.updates.settle_path`);
+    in batched mode one :class:`~twolayer_lightning.updates.BatchedUpdate` for all. Each update of
+    the group is counted once in ``global_step`` (:class:`~twolayer_lightning.updates.CountedUpdate`).
+
     Args:
         members: the members' networks, each built as its single run builds it.
         exact: per-member updates (bitwise those of the single runs) or one batched program.
@@ -234,13 +233,9 @@ class StackedFit(L.LightningModule):
         self.updates_per_step = updates_per_step
         self.steps = [0] * len(members)  # updates each member has run
         self.live = list(range(len(members)))  # members still updating
-        self.path = ""  # the per-member update: handwritten or direct (exact), batched
         self._pending: list[tuple[tuple[int, ...], torch.Tensor]] = []  # (members, their losses) per update
-        self._stacked: tuple[torch.Tensor, ...] | None = None  # batched: w1, w2, x, y, lr stacked
-        self._optimizers: list[InPlaceSGD] = []  # exact, direct: each member's update
-        self._weights: list[tuple[torch.Tensor, torch.Tensor, float]] = []  # each member's w1, w2 and lr
-        # Each member's last predictions, indexed by member: a list (exact) or the stacked (K, N, D_out) tensor.
-        self._last: list[torch.Tensor | None] | torch.Tensor = [None] * len(members)
+        self._group: MemberUpdates | BatchedUpdate | None = None  # every member's update; made in on_train_start
+        self._update: CountedUpdate | None = None  # _group's update, counted in global_step
         self.rows: list[list[tuple[int, dict[str, float]]]] = [[] for _ in members]  # each member's logger rows
         self.lines: list[list[str]] = [[] for _ in members]  # each member's `step t  loss` lines
 
@@ -250,30 +245,40 @@ class StackedFit(L.LightningModule):
         return InPlaceSGD([{"params": list(m.net.named_parameters()), "lr": m.hparams.lr} for m in self.members])
 
     def on_train_start(self) -> None:
-        asked = self.members[0].hparams.update_path
-        if not self.exact:
-            self.path = "batched"
-        elif asked == "handwritten" or (asked == "auto" and self.device.type == "cpu"):
-            self.path = "handwritten"  # what the single run takes (LitTwoLayerNet._settle_path)
+        optimizer = self.optimizers()
+        CountedUpdate.require(optimizer)  # before settling paths: a stacked fit has no "lightning" path to take
+        if self.exact:
+            paths = [self._member_path(m) for m in self.members]
+            self._group = MemberUpdates(
+                make_update(path, m.net, InPlaceSGD(m.net.named_parameters(), lr=m.hparams.lr))
+                for path, m in zip(paths, self.members, strict=True)
+            )
         else:
-            self.path = "direct"
-            self._optimizers = [InPlaceSGD(m.net.named_parameters(), lr=m.hparams.lr) for m in self.members]
-        # Looked up once: at a small table's size the update itself takes a few tens of microseconds.
-        self._weights = [(m.net.w1.detach(), m.net.w2.detach(), m.hparams.lr) for m in self.members]
-        for member in self.members:
-            member._path = self.path
-            member.losses = []
+            paths = [BatchedUpdate.path] * len(self.members)
+            self._group = BatchedUpdate([m.net for m in self.members], [m.hparams.lr for m in self.members])
+        self._update = CountedUpdate(self._group, optimizer, self.trainer)
+        for member, path in zip(self.members, paths, strict=True):
+            member.begin_fit(path)
+
+    def _member_path(self, member: LitTwoLayerNet) -> str:
+        """The update path the member's single run takes: handwritten or direct (others run alone, see why_alone)."""
+        asked = member.hparams.update_path
+        path = settle_path(asked, self.device.type, self.trainer.world_size, self.optimizers)
+        if path not in ("handwritten", "direct"):
+            raise ValueError(
+                f"StackedFit: update_path={asked!r} takes the {path!r} path here, which a stacked fit does not run; "
+                "run this job on its own (stacked.why_alone sends it there)"
+            )
+        return path
 
     def training_step(self, batch: tuple[tuple[torch.Tensor, torch.Tensor], ...], batch_idx: int) -> None:
         start = self.global_step
         updates = min(self.updates_per_step, self.trainer.max_steps - start)
         check_each = self.device.type == "cpu"  # as a single run: every loss on a CPU, each interval elsewhere
-        optimizer = self.optimizers()
+        update = self._update
         stopping = False
         for _ in range(updates):
-            optimizer._on_before_step()  # counts the update in global_step, as LitTwoLayerNet's paths do
-            members, losses = self._update(batch)
-            optimizer._on_after_step()
+            members, losses = update(batch, self.live)  # every live member's update, one step of global_step
             self._pending.append((members, losses))
             for k in self.live:
                 self.steps[k] += 1
@@ -293,48 +298,8 @@ class StackedFit(L.LightningModule):
         if not self.live:
             self.trainer.should_stop = True
 
-    def _update(self, batch: tuple[tuple[torch.Tensor, torch.Tensor], ...]) -> tuple[tuple[int, ...], torch.Tensor]:
-        """One update of every live member; returns which members and their losses (before the update)."""
-        if self.path == "batched":
-            if self._stacked is None:
-                self._stack(batch)
-            w1, w2, x, y, lr = self._stacked
-            losses, self._last = stacked_update(w1, w2, x, y, lr)  # member k's predictions: self._last[k]
-            return tuple(range(len(self.members))), losses  # a diverged member's later values are ignored
-        members = tuple(self.live)
-        losses = []
-        handwritten = self.path == "handwritten"
-        for k in members:
-            x, y = batch[k]
-            if handwritten:
-                w1, w2, lr = self._weights[k]
-                loss, y_pred = handwritten_update(w1, w2, x, y, lr, lr)
-            else:
-                y_pred = self.members[k].net.seed_forward(x)
-                loss = sum_squared_error(y_pred, y)
-                loss.backward()
-                self._optimizers[k].update()  # w -= lr * w.grad; w.grad.zero_()
-                loss, y_pred = loss.detach(), y_pred.detach()
-            losses.append(loss)
-            self._last[k] = y_pred
-        return members, torch.stack(losses)
-
-    def _stack(self, batch: tuple[tuple[torch.Tensor, torch.Tensor], ...]) -> None:
-        xs, ys = [x for x, _ in batch], [y for _, y in batch]
-        same_data = all(x is xs[0] or torch.equal(x, xs[0]) for x in xs) and all(torch.equal(y, ys[0]) for y in ys)
-        x, y = (xs[0], ys[0]) if same_data else (torch.stack(xs), torch.stack(ys))  # (N, D) is broadcast
-        w1 = torch.stack([m.net.w1.detach() for m in self.members])  # (K, D_in, H)
-        w2 = torch.stack([m.net.w2.detach() for m in self.members])  # (K, H, D_out)
-        lr = torch.tensor([m.hparams.lr for m in self.members], dtype=w1.dtype, device=w1.device).view(-1, 1, 1)
-        self._stacked = (w1, w2, x, y, lr)
-
     def on_train_end(self) -> None:
-        if self._stacked is not None:
-            with torch.no_grad():  # the trained weights back into the members' networks
-                for k, member in enumerate(self.members):
-                    member.net.w1.copy_(self._stacked[0][k])
-                    member.net.w2.copy_(self._stacked[1][k])
-            self._stacked = None
+        self._group.finish()  # batched: the trained weights back into the members' networks
 
     def _report(self, batch: tuple[tuple[torch.Tensor, torch.Tensor], ...]) -> None:
         """Bring the pending losses to the host (one sync), give each member its rows and stop diverged ones."""
@@ -360,8 +325,7 @@ class StackedFit(L.LightningModule):
                 self.live.remove(k)  # found here (not on a CPU): it stops at this interval's end, as a single run
             extra = {}
             if member.diverged_at is None:
-                member._last = (*batch[k], self._last[k])
-                extra = member._train_metrics()
+                extra = member.batch_metrics(batch[k][1], self._group.predictions[k])
             self.rows[k].extend(
                 (t, {"train_loss": value, **(extra if j == len(rows) - 1 else {})}) for j, (t, value) in enumerate(rows)
             )
@@ -380,10 +344,10 @@ class StackedFit(L.LightningModule):
 class StackedResult:
     """What a stacked fit leaves for :func:`finish`."""
 
-    trainer: L.Trainer
-    checkpoint: dict[str, Any]  # the fit's checkpoint (loop state, stamp); each member's is made from it
+    loops: dict[str, Any]  # the fit's loop state (Trainer.fit_loop.state_dict()): each member's checkpoint has it
     interrupted: int | None  # the signal that stopped the fit, or None
     seconds: float  # the whole fit's wall time
+    global_step: int  # the updates of the fit (a member that diverged ran fewer)
 
 
 def fit_stacked(members: Sequence[Member], exact: bool) -> StackedResult:
@@ -396,9 +360,8 @@ def fit_stacked(members: Sequence[Member], exact: bool) -> StackedResult:
     batches = [
         m.data.training_rows if isinstance(m.data, FileRegressionData) else (m.data.x, m.data.y) for m in members
     ]
-    stopper = StopOnSignal(_package_version())
-    interrupted = None
-    with _isolated_global_state():
+    stopper = StopOnSignal(package_version())
+    with isolated_global_state():
         trainer = L.Trainer(
             accelerator=cfg.trainer.accelerator,
             devices=1,
@@ -415,105 +378,97 @@ def fit_stacked(members: Sequence[Member], exact: bool) -> StackedResult:
             default_root_dir=members[0].out,
         )
         started = time.perf_counter()
-        try:
-            trainer.fit(module, datamodule=_StackedData(batches))
-        except SIGTERMException:
-            interrupted = stopper.received or signal.SIGTERM
+        interrupted = run_until_signal(stopper, lambda: trainer.fit(module, datamodule=_StackedData(batches)))
         seconds = time.perf_counter() - started
-        checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)  # the loops' state
     for k, member in enumerate(members):
         member.global_step, member.rows, member.lines = module.steps[k], module.rows[k], module.lines[k]
         if member.model.diverged_at is None and interrupted is None:  # as a single run: at the end of a whole fit
             x = batches[k][0].to(member.model.device)
             member.model.dead_units = (live_rows_per_unit(x, member.model.net.w1) == 0).float().mean().item()
-    return StackedResult(trainer, checkpoint, interrupted, seconds)
+    return StackedResult(trainer.fit_loop.state_dict(), interrupted, seconds, trainer.global_step)
 
 
-def finish(member: Member, group_size: int, exact: bool, fit: StackedResult) -> float:
-    """Write ``member``'s run dir as its single run would, log its lines, release its lock.
+def finish(member: Member, group_size: int, exact: bool, fit: StackedResult) -> dict[str, Any]:
+    """Write ``member``'s run dir as its single run would (:func:`results.finish`), log its lines, release its lock.
 
     Returns:
-        The job's objective for a sweeper, as a single run's: its final loss, +inf when it diverged
-        or was interrupted.
+        The member's metrics, as its single run returns them.
+
+    Raises:
+        As :func:`results.finish`: the member diverged, was interrupted, or the disk filled up.
     """
-    cfg, out, model = member.cfg, member.out, member.model
-    trainer, interrupted, seconds = fit.trainer, fit.interrupted, fit.seconds
+    model = member.model
     try:
         for record in member.records:  # logged while it was prepared, before its job's log file was open
             logging.getLogger(record.name).handle(record)
         for line in member.lines:
             log.info("%s", line)
-        # A member that diverged had stopped before any signal came: as its single run, it is diverged.
-        status = "diverged" if model.diverged_at is not None else "interrupted" if interrupted else "ok"
-        logger = _make_logger(cfg.logger, out)
-        if logger:
-            logger.log_hyperparams(model.hparams)
+        trainer = _member_trainer(member, fit.loops)
+        if trainer.logger is not None:
             for step, row in member.rows:
-                logger.log_metrics(row, step=step)
+                trainer.logger.log_metrics(row, step=step)
             if not math.isnan(model.dead_units):
-                logger.log_metrics({"dead_units": model.dead_units}, step=member.global_step - 1)
-            logger.save()
-            logger.finalize("success" if status == "ok" else status)
-        if model.diverged_at is None:
-            if not interrupted:
-                model.warn_if_stalled(unscaled_data=getattr(member.data, "standardize", None) is False)
-            _save_member_checkpoint(member, fit.checkpoint, out / CHECKPOINT_FILE)
-        metrics = _fit_metrics(cfg, model, member.data, trainer, member.global_step, status, seconds)
-        metrics.update(launcher="stacked", group_size=group_size, stacked_mode="exact" if exact else "batched")
-        if interrupted and model.diverged_at is None:
-            metrics["signal"] = signal.Signals(interrupted).name
-        if member.lr_search is not None:
-            metrics["lr_search"] = member.lr_search
-        metrics["versions"] = _versions(trainer)
-        _write_metrics(out, metrics)
-        if cfg.logger == "csv":
-            plot_run(out)
-        if model.diverged_at is not None:
-            log.error("job failed: error: %s", _diverged_message(model, member.lr_search, member.global_step))
-            return math.inf
-        if interrupted:
-            log.error(
-                "job interrupted: %s",
-                f"interrupted by {signal.Signals(interrupted).name} after {member.global_step} updates (saved in "
-                f"{out / CHECKPOINT_FILE})",
-            )
-            return math.inf
-        log.info(
-            "done: train, %d steps, final loss %r, %.2f s in a stacked fit of %d; files in %s",
-            member.global_step,
-            model.last_loss,
-            seconds,
-            group_size,
-            out,
+                trainer.logger.log_metrics({"dead_units": model.dead_units}, step=member.global_step - 1)
+            trainer.logger.save()
+        if model.diverged_at is None and not fit.interrupted:
+            model.warn_if_stalled(unscaled_data=getattr(member.data, "standardize", None) is False)
+        end = results.RunEnd(
+            member.cfg,
+            member.out,
+            model,
+            member.data,
+            trainer,
+            fit.seconds,
+            fit.interrupted,
+            member.lr_search,
+            extra={"launcher": "stacked", "group_size": group_size, "stacked_mode": "exact" if exact else "batched"},
+            fit_name=f"a stacked fit of {group_size}",
+            global_step=member.global_step,
         )
-        return model.last_loss
+        return results.finish(end)
     except OSError as err:
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        # As a single job of a sweep: one line, +inf, the sweep goes on (what was written before is intact).
-        reason = (
-            err.strerror
-            if isinstance(err, DiskFullError)
-            else f"no space left on the device writing {err.filename or out}"
-        )
-        log.error("job failed: error: %s", reason)
-        return math.inf
+        raise results.disk_full(err, member.out) from err
     finally:
         member.lock.release()
 
 
-def _save_member_checkpoint(member: Member, group: dict[str, Any], path: Path) -> None:
-    """The member's ``last.ckpt``: the fit's loop state with the member's network, optimizer and data.
+class _ZeroStepsNote(logging.Filter):
+    """Lightning's note that a fit of ``max_steps=0`` stopped: true, and nothing a member's log should say."""
 
-    It is what its single run saves (same keys, same values), so it loads as a plain
-    :class:`LitTwoLayerNet` checkpoint and resumes with ``ckpt_path``.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`max_steps=0` reached" not in record.getMessage()
+
+
+def _member_trainer(member: Member, loops: dict[str, Any]) -> L.Trainer:
+    """A Trainer that holds ``member`` as its single run's Trainer does at the end of its fit.
+
+    A fit of no updates attaches the member's network, data module and optimizer (and logs its
+    hyperparameters); the stacked fit's loop state then makes its step counts the member's. Its
+    ``save_checkpoint`` writes what the single run's writes, through Lightning's own code.
     """
-    model = member.model
-    checkpoint = {key: value for key, value in group.items() if key not in ("state_dict", _StackedData.__qualname__)}
-    checkpoint["state_dict"] = model.state_dict()
-    checkpoint["optimizer_states"] = [InPlaceSGD(model.net.named_parameters(), lr=model.hparams.lr).state_dict()]
-    checkpoint["hparams_name"] = "kwargs"
-    checkpoint["hyper_parameters"] = dict(model.hparams)
-    checkpoint[type(member.data).__qualname__] = member.data.state_dict()
-    model.on_save_checkpoint(checkpoint)
-    AtomicCheckpointIO().save_checkpoint(checkpoint, path)
+    cfg = member.cfg
+    trainer = L.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=1,
+        precision=cfg.trainer.precision,
+        max_steps=0,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=make_logger(cfg.logger, member.out),
+        callbacks=[StopOnSignal(package_version())],  # stamps the checkpoint, as in a single run
+        plugins=[AtomicCheckpointIO()],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=member.out,
+    )
+    quiet = _ZeroStepsNote()
+    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    rank_zero_log.addFilter(quiet)
+    try:
+        with isolated_global_state():
+            trainer.fit(member.model, datamodule=member.data)
+    finally:
+        rank_zero_log.removeFilter(quiet)
+    trainer.fit_loop.load_state_dict(loops)
+    return trainer

@@ -224,9 +224,11 @@ class StackedLauncher(Launcher):
         """Prepare every member (a bad one fails alone, as a job of its own), fit them together, then run each
         member's job: its files, its log lines and its return value."""
         from twolayer_lightning import stacked
-        from twolayer_lightning.cli import _signals_held, describe_error, summarize_sweep
+        from twolayer_lightning.cli import describe_error
         from twolayer_lightning.config import ConfigError
         from twolayer_lightning.data import DataError
+        from twolayer_lightning.report import summarize_sweep
+        from twolayer_lightning.training import signals_held
 
         members: list[tuple[int, Any]] = []  # (index into returns, Member)
         for i, config in zip(indices, configs, strict=True):
@@ -245,7 +247,7 @@ class StackedLauncher(Launcher):
             for part in parts:
                 log.info(f"stacked fit of {len(part)} jobs")
                 fit = stacked.fit_stacked(part, self.exact)
-                with _signals_held() as held:  # the files of every member are written before a signal acts
+                with signals_held() as held:  # the files of every member are written before a signal acts
                     for member in part:
                         i = members[position][0]
                         position += 1
@@ -267,7 +269,7 @@ class StackedLauncher(Launcher):
                     name = signal.Signals(signum).name
                     if fit.interrupted:
                         line = (
-                            f"interrupted by {name} after {fit.trainer.global_step} updates of a stacked fit of "
+                            f"interrupted by {name} after {fit.global_step} updates of a stacked fit of "
                             f"{len(part)} jobs, each saved in its last.ckpt; resume one with `python train.py "
                             "hydra.run.dir=<its job dir> ckpt_path=last <its overrides>`"
                         )
@@ -281,8 +283,16 @@ class StackedLauncher(Launcher):
 
 
 def _finish(finish: Any, member: Any, group_size: int, exact: bool, fit: Any, cfg: DictConfig) -> float:
-    """A member's task in its job: ``stacked.finish`` (the config is the member's, read when it was prepared)."""
-    return finish(member, group_size, exact, fit)
+    """A member's task in its job: ``stacked.finish`` (the config is the member's, read when it was prepared),
+    its objective as a single job's; an interrupted member's line is logged (the launcher ends the sweep)."""
+    from twolayer_lightning.cli import sweep_objective
+    from twolayer_lightning.errors import TrainingInterruptedError
+
+    try:
+        return sweep_objective(lambda: finish(member, group_size, exact, fit))
+    except TrainingInterruptedError as err:
+        log.error("job interrupted: %s", err)
+        return math.inf
 
 
 def _fail(line: str, cfg: DictConfig) -> float:
