@@ -32,7 +32,8 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from twolayer_lightning.errors import ConfigError, DiskFullError
+from twolayer_lightning.errors import ConfigError, DiskFullError, UnsupportedLightningError
+from twolayer_lightning.updates import TESTED_LIGHTNING
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +218,7 @@ class StopOnSignal(L.Callback):
             signal.signal(signal.SIGTERM, handler)
             signal.signal(signal.SIGINT, handler)
             return
+        _raise_sigterm_flag(trainer, check_only=True)  # a Lightning without the flag fails here, in one line
         signal.signal(signal.SIGINT, self._make_sigint_handler(trainer))
 
     @staticmethod
@@ -245,7 +247,7 @@ class StopOnSignal(L.Callback):
                 _stop_at_once()  # the second Ctrl-C while an update still runs
             log.info("Ctrl-C: stopping after the current update (press it again to stop at once)")
             self.received = signal.SIGINT
-            trainer._signal_connector.received_sigterm = True  # the flag Lightning's SIGTERM handler sets
+            _raise_sigterm_flag(trainer)
 
         return on_sigint
 
@@ -259,6 +261,26 @@ class StopOnSignal(L.Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint[STAMP_KEY] = {"format": CHECKPOINT_FORMAT, "version": self.version}
+
+
+def _raise_sigterm_flag(trainer: L.Trainer, check_only: bool = False) -> None:
+    """Set the flag Lightning's own SIGTERM handler sets, so that Ctrl-C takes SIGTERM's path.
+
+    The flag is private (``trainer._signal_connector.received_sigterm``): this is the one place
+    that touches it, and :meth:`StopOnSignal.on_train_start` checks it is there before a fit trains.
+
+    Raises:
+        UnsupportedLightningError: this Lightning keeps the flag elsewhere.
+    """
+    connector = getattr(trainer, "_signal_connector", None)
+    if not hasattr(connector, "received_sigterm"):
+        raise UnsupportedLightningError(
+            f"lightning {L.__version__} has no trainer._signal_connector.received_sigterm, which Ctrl-C uses to stop "
+            f"after an update; this package is tested with lightning {TESTED_LIGHTNING}.x: pip install "
+            f"'lightning~={TESTED_LIGHTNING}.0'"
+        )
+    if not check_only:
+        connector.received_sigterm = True
 
 
 def _stop_at_once() -> None:

@@ -10,9 +10,9 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
-from torchmetrics import ExplainedVariance, MeanSquaredError, MetricCollection, R2Score
+from torchmetrics import ExplainedVariance, MeanSquaredError, MetricCollection, R2Score, SumMetric
 
-from twolayer_lightning.model import Activation, Init, TwoLayerNet, live_rows_per_unit
+from twolayer_lightning.model import Activation, Init, TwoLayerNet, live_rows_per_unit, sum_squared_error
 from twolayer_lightning.optim import InPlaceSGD
 from twolayer_lightning.updates import UPDATE_PATHS, UpdatePath, make_fit_update, settle_path
 
@@ -148,6 +148,8 @@ class LitTwoLayerNet(L.LightningModule):
         # cost nothing; validation metrics cover the whole validation set.
         self.train_metrics = _regression_metrics(prefix="train_")
         self.val_metrics = _regression_metrics(prefix="val_")
+        # The seed's loss, a sum of squares, over the whole validation set (val_mse is its mean); nan is kept.
+        self.val_loss = SumMetric(nan_strategy="disable")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -303,15 +305,15 @@ class LitTwoLayerNet(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        self.val_metrics.update(self(x), y)
+        y_pred = self(x)
+        self.val_metrics.update(y_pred, y)
+        self.val_loss.update(sum_squared_error(y_pred, y))
 
     def on_validation_epoch_end(self) -> None:
         values = {name: value.item() for name, value in self.val_metrics.compute().items()}
-        # The seed's loss, a sum of squares, over the whole validation set (val_mse is its mean).
-        mse = self.val_metrics["mse"]
-        with mse.sync_context():  # all ranks' rows when there are several processes
-            values["val_loss"] = mse.sum_squared_error.item()
+        values["val_loss"] = self.val_loss.compute().item()  # all ranks' rows when there are several processes
         self.val_metrics.reset()
+        self.val_loss.reset()
         if self.trainer.sanity_checking:
             return
         if self.logger is not None:
