@@ -362,3 +362,39 @@ def test_a_member_ends_as_its_single_run_does(tmp_path: Path, monkeypatch, caplo
                 assert member_ckpt[key] == single_ckpt[key], key
             for name, tensor in single_ckpt["state_dict"].items():
                 assert torch.equal(member_ckpt["state_dict"][name], tensor), name
+
+
+@pytest.mark.parametrize("keep", [0, 2])
+def test_members_take_periodic_checkpoints_that_resume_as_their_single_runs(tmp_path: Path, keep: int) -> None:
+    """trainer.checkpoint_every_n_steps in a stacked fit: each member's step-N.ckpt holds what its single run's
+    holds at that update (the newest `keep`), and a resume from it ends with the single run's weights."""
+    every = ["trainer.max_steps=60", "trainer.log_every_n_steps=10", "trainer.checkpoint_every_n_steps=20"]
+    jobs = [[f"seed={seed}", *every, f"trainer.keep_checkpoints={keep}"] for seed in (0, 1)]
+    assert stacked.why_alone(compose(jobs[0], tmp_path / "x")) is None  # periodic checkpoints stack
+    train_stacked(jobs, tmp_path / "stacked")
+    for i, job in enumerate(jobs):
+        run(job, output_dir=tmp_path / "alone" / str(i))
+        member_dir, alone_dir = (
+            tmp_path / "stacked" / str(i) / "checkpoints",
+            tmp_path / "alone" / str(i) / "checkpoints",
+        )
+        assert sorted(p.name for p in member_dir.iterdir()) == sorted(p.name for p in alone_dir.iterdir())
+        for path in member_dir.iterdir():
+            member, single = (torch.load(d / path.name, weights_only=True) for d in (member_dir, alone_dir))
+            assert (member["global_step"], member["loops"]) == (single["global_step"], single["loops"]), path.name
+            assert all(torch.equal(member["state_dict"][k], v) for k, v in single["state_dict"].items()), path.name
+        resumed = run([*job, f"ckpt_path={member_dir / 'step-40.ckpt'}"], output_dir=tmp_path / "resumed" / str(i))
+        assert resumed["global_step"] == 60 and resumed["resumed_from"]["global_step"] == 40
+        for name, tensor in weights(tmp_path / "alone" / str(i)).items():
+            assert torch.equal(weights(tmp_path / "resumed" / str(i))[name], tensor), name
+
+
+def test_batched_members_checkpoint_the_weights_they_have_trained(tmp_path: Path) -> None:
+    """Batched mode trains stacked copies: a periodic checkpoint still holds each member's weights of that update."""
+    every = ["trainer.max_steps=40", "trainer.log_every_n_steps=10", "trainer.checkpoint_every_n_steps=20"]
+    train_stacked([[f"seed={seed}", *every] for seed in (0, 1)], tmp_path, exact=False)
+    for i in range(2):
+        at_20 = torch.load(tmp_path / str(i) / "checkpoints" / "step-20.ckpt", weights_only=True)["state_dict"]
+        at_40 = torch.load(tmp_path / str(i) / "checkpoints" / "step-40.ckpt", weights_only=True)["state_dict"]
+        assert all(torch.equal(at_40[name], tensor) for name, tensor in weights(tmp_path / str(i)).items())
+        assert not torch.equal(at_20["net.w1"], at_40["net.w1"])  # each holds its own update's weights

@@ -79,7 +79,6 @@ def why_alone(cfg: DictConfig) -> str | None:
         ),
         (data.kind == "files" and data.batch_size is not None, "mini-batches (data.batch_size)"),
         (data.kind == "files" and bool(data.val_fraction), "validation rows (data.val_fraction)"),
-        (bool(cfg.trainer.checkpoint_every_n_steps), "periodic checkpoints (trainer.checkpoint_every_n_steps)"),
         (
             cfg.trainer.update_path in ("lightning", "cuda_graph"),
             f"trainer.update_path={cfg.trainer.update_path}",
@@ -115,6 +114,7 @@ class Member:
     rows: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # (step, metrics) for its logger
     lines: list[str] = field(default_factory=list)  # its `step t  loss` lines, for its log file
     records: list[logging.LogRecord] = field(default_factory=list)  # what was logged while it was prepared
+    trainer: L.Trainer | None = None  # holds the member for its checkpoints (see _member_trainer)
 
 
 def prepare(cfg: DictConfig) -> Member:
@@ -301,6 +301,11 @@ class StackedFit(L.LightningModule):
     def on_train_end(self) -> None:
         self._group.finish()  # batched: the trained weights back into the members' networks
 
+    def sync_weights(self) -> None:
+        """Make every member's network hold its weights as trained so far (batched mode trains stacked copies)."""
+        if isinstance(self._group, BatchedUpdate):
+            self._group.copy_back()
+
     def _report(self, batch: tuple[tuple[torch.Tensor, torch.Tensor], ...]) -> None:
         """Bring the pending losses to the host (one sync), give each member its rows and stop diverged ones."""
         if not self._pending:
@@ -361,6 +366,11 @@ def fit_stacked(members: Sequence[Member], exact: bool) -> StackedResult:
         m.data.training_rows if isinstance(m.data, FileRegressionData) else (m.data.x, m.data.y) for m in members
     ]
     stopper = StopOnSignal(package_version())
+    callbacks: list[L.Callback] = [stopper]
+    if cfg.trainer.checkpoint_every_n_steps:
+        for member in members:
+            member.trainer = _member_trainer(member)
+        callbacks.append(MemberCheckpoints(members, cfg.trainer.checkpoint_every_n_steps, cfg.trainer.keep_checkpoints))
     with isolated_global_state():
         trainer = L.Trainer(
             accelerator=cfg.trainer.accelerator,
@@ -371,7 +381,7 @@ def fit_stacked(members: Sequence[Member], exact: bool) -> StackedResult:
             limit_val_batches=0,
             num_sanity_val_steps=0,
             logger=False,
-            callbacks=[stopper],
+            callbacks=callbacks,
             enable_checkpointing=False,
             enable_progress_bar=False,
             enable_model_summary=False,
@@ -403,7 +413,8 @@ def finish(member: Member, group_size: int, exact: bool, fit: StackedResult) -> 
             logging.getLogger(record.name).handle(record)
         for line in member.lines:
             log.info("%s", line)
-        trainer = _member_trainer(member, fit.loops)
+        trainer = member.trainer or _member_trainer(member)
+        trainer.fit_loop.load_state_dict(fit.loops)
         if trainer.logger is not None:
             for step, row in member.rows:
                 trainer.logger.log_metrics(row, step=step)
@@ -432,6 +443,40 @@ def finish(member: Member, group_size: int, exact: bool, fit: StackedResult) -> 
         member.lock.release()
 
 
+class MemberCheckpoints(L.Callback):
+    """Every ``every`` updates, ``checkpoints/step-N.ckpt`` of each member still training, as its single run's
+    ``ModelCheckpoint`` writes them at that update (the newest ``keep`` kept; 0 keeps all).
+
+    Each is written through the member's own Trainer (:func:`_member_trainer`) with the stacked
+    fit's loop state at that moment, so it resumes as its single run's would: a sweep killed in
+    any way loses only the updates since the last of them.
+    """
+
+    def __init__(self, members: Sequence[Member], every: int, keep: int) -> None:
+        self.members, self.every, self.keep = list(members), every, keep
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        if step % self.every:
+            return
+        pl_module.sync_weights()
+        loops = trainer.fit_loop.state_dict()
+        for k, member in enumerate(self.members):
+            if k not in pl_module.live or member.model.diverged_at is not None:
+                continue  # as a single run: nothing is saved after its loss turned inf or nan
+            member.trainer.fit_loop.load_state_dict(loops)
+            folder = member.out / "checkpoints"
+            member.trainer.save_checkpoint(folder / f"step-{step}.ckpt", weights_only=False)
+            self._keep_newest(folder)
+
+    def _keep_newest(self, folder: Path) -> None:
+        if not self.keep:
+            return
+        saved = sorted(folder.glob("step-*.ckpt"), key=lambda path: int(path.stem.removeprefix("step-")))
+        for path in saved[: -self.keep]:
+            path.unlink(missing_ok=True)
+
+
 class _ZeroStepsNote(logging.Filter):
     """Lightning's note that a fit of ``max_steps=0`` stopped: true, and nothing a member's log should say."""
 
@@ -439,7 +484,7 @@ class _ZeroStepsNote(logging.Filter):
         return "`max_steps=0` reached" not in record.getMessage()
 
 
-def _member_trainer(member: Member, loops: dict[str, Any]) -> L.Trainer:
+def _member_trainer(member: Member) -> L.Trainer:
     """A Trainer that holds ``member`` as its single run's Trainer does at the end of its fit.
 
     A fit of no updates attaches the member's network, data module and optimizer (and logs its
@@ -470,5 +515,4 @@ def _member_trainer(member: Member, loops: dict[str, Any]) -> L.Trainer:
             trainer.fit(member.model, datamodule=member.data)
     finally:
         rank_zero_log.removeFilter(quiet)
-    trainer.fit_loop.load_state_dict(loops)
     return trainer

@@ -436,8 +436,8 @@ class BatchedUpdate:
         lr = torch.tensor(self.lrs, dtype=w1.dtype, device=w1.device).view(-1, 1, 1)  # (K, 1, 1)
         self.stacked = (w1, w2, x, y, lr)
 
-    def finish(self) -> None:
-        """Copy the trained weights back into the members' networks."""
+    def copy_back(self) -> None:
+        """Copy the weights trained so far into the members' networks (training goes on with the stacked copies)."""
         if self.stacked is None:
             return
         import torch
@@ -446,4 +446,8 @@ class BatchedUpdate:
             for k, net in enumerate(self.nets):
                 net.w1.copy_(self.stacked[0][k])
                 net.w2.copy_(self.stacked[1][k])
+
+    def finish(self) -> None:
+        """Copy the trained weights back into the members' networks, for good."""
+        self.copy_back()
         self.stacked = None
