@@ -45,6 +45,7 @@ from twolayer_lightning.rundir import (
     METRICS_FILE,
     command,
     has_checkpoint,
+    is_rank_zero,
     recorded_status,
     started_from_command_line,
     user_wants_tracebacks,
@@ -206,14 +207,20 @@ def _task(cfg: DictConfig) -> float:
             summarize_sweep(HydraConfig.get().sweep.dir)
         if user_wants_tracebacks():
             raise
-        print(f"error: {err}", file=sys.stderr)
+        _say(f"error: {err}")
         raise SystemExit(err.exit_code) from None
     except JOB_ERRORS as err:
         if user_wants_tracebacks():
             raise
         # A single run ends here, before Hydra adds its "Error executing job" line and a traceback.
-        print(describe_error(err), file=sys.stderr)
+        _say(describe_error(err))
         raise SystemExit(2) from None
+
+
+def _say(line: str) -> None:
+    """A run's final error line on stderr, once: the extra processes of a DDP run end the same way, silently."""
+    if is_rank_zero():
+        print(line, file=sys.stderr)
 
 
 def describe_error(err: BaseException) -> str:
