@@ -50,7 +50,7 @@ from twolayer_lightning.data import DataError, FileRegressionData, SyntheticRegr
 from twolayer_lightning.model import TwoLayerNet
 from twolayer_lightning.module import LitTwoLayerNet, UpdateProgressBar
 from twolayer_lightning.optim import search_lr
-from twolayer_lightning.report import plot_run, summarize_sweep
+from twolayer_lightning.report import exit_if_no_job_ok, plot_run, summarize_sweep
 from twolayer_lightning.rundir import RunDirLock, check_run_dir, is_rank_zero, resume_hint, slurm_requeued
 
 log = logging.getLogger(__name__)
@@ -871,6 +871,8 @@ def main() -> None:
         os.environ[_OUR_FULL_ERROR] = "1"
     try:
         _hydra_main()
+        # A -m sweep in which no job ended ok exits report.NO_OK_JOB_EXIT (1), its summary written by then.
+        exit_if_no_job_ok()
     except KeyboardInterrupt:
         # Ctrl-C outside a fit (a fit stops after its current update, see StopOnSignal).
         if full_error:
