@@ -8,15 +8,20 @@ test runs ``python train.py -m hydra/launcher=stacked`` itself.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import csv
 import errno
+import importlib.util
 import json
 import logging
 import math
 import os
 import re
 import signal
+import subprocess
+import sys
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +39,7 @@ STEPS = ["trainer.max_steps=60", "trainer.log_every_n_steps=20"]
 # Keys a member's metrics.json has beyond its single run's, and those that differ by nature.
 STACKED_ONLY = {"launcher", "group_size", "stacked_mode"}
 DIFFERENT = {"fit_seconds", "versions"}
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def compose(overrides: list[str], output_dir: Path):
@@ -164,15 +170,39 @@ def test_only_lr_and_seed_may_differ_within_a_group(tmp_path: Path) -> None:
     assert "several" in stacked.why_alone(compose(["trainer=ddp"], tmp_path))
 
 
-def test_derived_sweep_configs_equal_hydras_compositions(tmp_path: Path) -> None:
-    """The launcher gives a job the config of an earlier job with its own lr and seed set: it must be the very
-    config Hydra composes for the job's overrides (values, hydra node, struct flag, resolver cache), or the
-    same error."""
+JOBS = [
+    ["optim.lr=1e-6", "seed=0"],
+    ["optim.lr=2e-06", "seed=3"],  # derived from the first
+    ["optim.lr=auto", "seed=1"],
+    ["optim.lr=3e-7", "seed=abc"],  # an int key given a string: Hydra's own error
+    ["optim.lr=1e-7", "model.hidden_features=50", "seed=2"],  # another shape: composed
+    ["optim.lr=5e-7", "model.hidden_features=50", "seed=9"],
+    ["seed=4", "optim.lr=1e-7"],
+    ["optim.lr=1e-6", "hydra.job.config.override_dirname.kv_sep=-", "seed=5"],
+    ["optim.lr=2e-6", "hydra.job.config.override_dirname.kv_sep=-", "seed=6"],
+]
+
+
+@contextlib.contextmanager
+def sweep_loader(tmp_path: Path):
+    """Hydra's config loader and the master config of a stacked sweep, as the launcher gets them."""
     from hydra.core.global_hydra import GlobalHydra
     from hydra.types import RunMode
-    from omegaconf import OmegaConf
 
-    from hydra_plugins.twolayer_lightning_stacked.stacked_launcher import DerivedSweepConfigs
+    with hydra.initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration(
+            config_name="config",
+            overrides=["hydra/launcher=stacked", f"hydra.sweep.dir={tmp_path}"],
+            run_mode=RunMode.MULTIRUN,
+        )
+        yield loader, master
+
+
+def assert_same_configs(derived, loader, master) -> None:
+    """Every job of JOBS gets from ``derived`` the very config Hydra composes for its overrides (values, hydra
+    node, struct flag, resolver cache), or the same error."""
+    from omegaconf import OmegaConf
 
     def outcome(load, overrides):
         try:
@@ -182,29 +212,66 @@ def test_derived_sweep_configs_equal_hydras_compositions(tmp_path: Path) -> None
         content = OmegaConf.to_yaml(config)
         return content, config._metadata.resolver_cache, OmegaConf.is_struct(config)
 
-    jobs = [
-        ["optim.lr=1e-6", "seed=0"],
-        ["optim.lr=2e-06", "seed=3"],  # derived from the first
-        ["optim.lr=auto", "seed=1"],
-        ["optim.lr=3e-7", "seed=abc"],  # an int key given a string: Hydra's own error
-        ["optim.lr=1e-7", "model.hidden_features=50", "seed=2"],  # another shape: composed
-        ["optim.lr=5e-7", "model.hidden_features=50", "seed=9"],
-        ["seed=4", "optim.lr=1e-7"],
-        ["optim.lr=1e-6", "hydra.job.config.override_dirname.kv_sep=-", "seed=5"],
-        ["optim.lr=2e-6", "hydra.job.config.override_dirname.kv_sep=-", "seed=6"],
-    ]
-    with hydra.initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        loader = GlobalHydra.instance().config_loader()
-        master = loader.load_configuration(
-            config_name="config",
-            overrides=["hydra/launcher=stacked", f"hydra.sweep.dir={tmp_path}"],
-            run_mode=RunMode.MULTIRUN,
-        )
+    for job in JOBS:
+        assert outcome(derived.load_sweep_config, job) == outcome(loader.load_sweep_config, job), job
+
+
+def test_derived_sweep_configs_equal_hydras_compositions(tmp_path: Path) -> None:
+    """The launcher gives a job the config of an earlier job with its own lr and seed set: it must be the very
+    config Hydra composes for the job's overrides, or the same error."""
+    from hydra_plugins.twolayer_lightning_stacked._core import DerivedSweepConfigs
+
+    with sweep_loader(tmp_path) as (loader, master):
         derived = DerivedSweepConfigs(loader)
-        for job in jobs:
-            assert outcome(derived.load_sweep_config, job) == outcome(loader.load_sweep_config, job), job
+        assert_same_configs(derived, loader, master)
         composed = [shape for _, shape in derived.composed]
         assert len(composed) == 4  # lr/seed, with a hidden size, seed before lr, with a kv_sep
+
+
+@pytest.mark.parametrize("hydra_code", ["missing", "changed"])
+def test_without_hydras_override_code_every_job_is_composed_and_one_line_says_so(
+    tmp_path: Path, monkeypatch, caplog, hydra_code: str
+) -> None:
+    """A Hydra release whose private override code is gone or takes other parameters: the launcher composes
+    every job itself (the same configs, the same errors) and one warning line names the supported versions."""
+    from hydra_plugins.twolayer_lightning_stacked._core import DerivedSweepConfigs
+
+    internal = types.ModuleType("hydra._internal.config_loader_impl")  # what such a release might hold
+    if hydra_code == "changed":
+        internal.ConfigLoaderImpl = type(
+            "ConfigLoaderImpl", (), {"_apply_overrides_to_config": staticmethod(lambda overrides, cfg, strict: None)}
+        )
+        internal.get_overrides_dirname = lambda overrides, exclude_keys, item_sep, kv_sep: ""
+    pinned = re.search(r'"hydra-core([^"]*)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    with sweep_loader(tmp_path) as (loader, master):
+        with monkeypatch.context() as patch:  # Hydra's own composition keeps its real code
+            patch.setitem(sys.modules, "hydra._internal.config_loader_impl", internal)
+            derived = DerivedSweepConfigs(loader)
+        assert_same_configs(derived, loader, master)
+        assert not derived.composed  # nothing derived: Hydra composed each job
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warnings) == 1 and f"hydra-core{pinned}" in warnings[0], warnings
+
+
+def test_hydras_plugin_scan_loads_nothing_heavy_or_private() -> None:
+    """Hydra imports the launcher module whenever any Hydra app starts: it names no private Hydra module, and
+    importing it loads neither torch, Lightning, the package nor the launcher's work (_core)."""
+    name = "hydra_plugins.twolayer_lightning_stacked.stacked_launcher"
+    source = Path(importlib.util.find_spec(name).origin).read_text()
+    imported = [
+        node.module if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.parse(source).body
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    ]
+    assert not [module for module in imported if "._" in f".{module}"], imported
+    code = f"import sys, {name}; print(' '.join(sys.modules))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    heavy = {"torch", "lightning", "lightning_fabric", "pytorch_lightning", "twolayer_lightning"}
+    assert not [module for module in loaded if module.split(".")[0] in heavy], loaded
+    assert "hydra_plugins.twolayer_lightning_stacked._core" not in loaded
 
 
 def test_a_group_larger_than_memory_is_split(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Sweeps beyond the basic launcher: the Optuna preset, parallel jobs with joblib, submitit's local executor.
+"""Sweeps as a user runs them: the Optuna preset, parallel jobs with joblib, submitit's local executor,
+the exit status of a sweep in which nothing ended ok, two sweeps into one sweep dir.
 
 Each runs tiny jobs through `python train.py -m` as a user would, and reads the sweep's own
 summary (summary.csv, written by the SweepSummary callback in conf/config.yaml).
@@ -107,3 +108,32 @@ def test_a_sweep_resumes_in_place_keeping_finished_jobs(tmp_path, train_py, laun
         assert all(torch.equal(again_state[name], tensor) for name, tensor in state.items()), job
     with (sweep_dir / "summary.csv").open(newline="") as f:
         assert [row["status"] for row in csv.DictReader(f)] == ["ok", "ok", "ok"]
+
+
+def summary_rows(sweep_dir: Path) -> list[dict[str, str]]:
+    with (sweep_dir / "summary.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("launcher", "lrs", "statuses"),
+    [
+        ("basic", "-1,0", ["failed", "failed"]),  # every job refused
+        ("basic", "1e-3,-1", ["diverged", "failed"]),  # on these rows lr 1e-3 turns the loss nan at step 2
+        ("stacked", "1e-3,2e-3,-1", ["diverged", "diverged", "failed"]),  # a stacked group of two, one refused
+    ],
+)
+def test_a_sweep_in_which_no_job_ended_ok_exits_1_with_its_summary(tmp_path, train_py, launcher, lrs, statuses):
+    """A script or a scheduler must tell such a sweep from a success; the summary still says what happened."""
+    sweep = tmp_path / "sweep"
+    result = train_py(
+        "-m", f"hydra/launcher={launcher}", f"optim.lr={lrs}", "trainer.max_steps=20", f"hydra.sweep.dir={sweep}"
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert sorted(row["status"] for row in summary_rows(sweep)) == statuses
+    assert f"{len(statuses)} jobs" in (sweep / "summary.md").read_text()
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [errors[0]] and "no job of the sweep ended ok" in errors[0], result.stderr[-3000:]
+    assert str(sweep / "summary.md") in errors[0]
+    assert "Traceback" not in result.stderr

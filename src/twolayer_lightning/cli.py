@@ -39,7 +39,7 @@ from twolayer_lightning.errors import (
     TrainingInterruptedError,
     UnsupportedLightningError,
 )
-from twolayer_lightning.report import summarize_sweep
+from twolayer_lightning.report import exit_if_no_job_ok, summarize_sweep
 from twolayer_lightning.rundir import (
     FULL_ERROR_MARKER,
     METRICS_FILE,
@@ -267,6 +267,8 @@ def main() -> None:
         os.environ[FULL_ERROR_MARKER] = "1"
     try:
         _hydra_main()
+        # A -m sweep in which no job ended ok exits report.NO_OK_JOB_EXIT (1), its summary written by then.
+        exit_if_no_job_ok()
     except KeyboardInterrupt:
         # Ctrl-C outside a fit (a fit stops after its current update, see StopOnSignal).
         if full_error:

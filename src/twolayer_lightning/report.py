@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import re
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,6 +50,9 @@ SUMMARY_COLUMNS = (
     "dir",
 )
 VALIDATION_COLUMNS = ("val_loss", "val_r2")  # in the summary only when some job has validation data
+# The exit status of a sweep that ran and in which no job ended ok: not 2 (a mistake refused before anything
+# ran) nor 130/143 (a signal), so that a script or a scheduler can tell the three apart.
+NO_OK_JOB_EXIT = 1
 
 Curves = dict[str, tuple[list[int], list[float]]]  # metric -> (steps, values)
 
@@ -429,6 +433,14 @@ def _plot_curves(path: Path, rows: list[dict[str, Any]], curves: dict[str, tuple
     return True
 
 
+def _status_counts(rows: list[dict[str, Any]]) -> str:
+    """``"2 ok, 1 diverged, 0 failed"``, and the interrupted jobs of a sweep stopped by SIGTERM or Ctrl-C."""
+    counts = {status: sum(row["status"] == status for row in rows) for status in ("ok", "diverged", "failed")}
+    if any(row["status"] == "interrupted" for row in rows):
+        counts["interrupted"] = sum(row["status"] == "interrupted" for row in rows)
+    return ", ".join(f"{count} {status}" for status, count in counts.items())
+
+
 def summarize_sweep(sweep_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Summarise a multirun's jobs into ``summary.csv``, ``summary.md`` and ``curves.png`` at its root.
 
@@ -469,14 +481,7 @@ def summarize_sweep(sweep_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
         writer = csv.writer(file)
         writer.writerow(columns)
         writer.writerows([_csv_cell(row[column]) for column in columns] for row in rows)
-    counts = {status: sum(row["status"] == status for row in rows) for status in ("ok", "diverged", "failed")}
-    if any(row["status"] == "interrupted" for row in rows):  # a sweep stopped by SIGTERM or Ctrl-C
-        counts["interrupted"] = sum(row["status"] == "interrupted" for row in rows)
-    intro = (
-        f"{len(rows)} jobs, best first by {objective} (diverged and failed jobs last): "
-        + ", ".join(f"{count} {status}" for status, count in counts.items())
-        + "."
-    )
+    intro = f"{len(rows)} jobs, best first by {objective} (diverged and failed jobs last): {_status_counts(rows)}."
     image = _plot_curves(sweep_dir / "curves.png", rows, curves)
     _write_markdown(sweep_dir / "summary.md", rows, [column for column in columns if column != "dir"], intro, image)
     # Only an ok job is a "best": when every job diverged or failed, the first row is merely the least bad.
@@ -484,6 +489,11 @@ def summarize_sweep(sweep_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     best = f"; best: job {rows[0]['job']} ({rows[0]['overrides']}), {objective}={rows[0][objective]!r}" if ok else ""
     log.info("%s%s; files in %s", intro.rstrip("."), best, sweep_dir)
     return rows
+
+
+# The sweeps SweepSummary summarised since the command line last asked (exit_if_no_job_ok): their dirs and rows.
+# Module state, because Hydra hands a callback's outcome to no one and returns nothing from a multirun.
+_summarised: list[tuple[Path, list[dict[str, Any]]]] = []
 
 
 class SweepSummary(Callback):
@@ -494,8 +504,35 @@ class SweepSummary(Callback):
     sweep under ``hydra.callbacks`` in ``config.yaml``. Hydra calls it only when every job has
     returned: a job that raised (rather than logging its failure, as ``train.py``'s jobs do for a
     bad value or a diverging loss) ends the sweep before it; call :func:`summarize_sweep` then.
+    The rows are kept for :func:`exit_if_no_job_ok`.
     """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _summarised.clear()  # a new sweep: an earlier one's outcome is not this one's
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Write ``summary.csv``, ``summary.md`` and ``curves.png`` into ``config.hydra.sweep.dir``."""
-        summarize_sweep(config.hydra.sweep.dir)
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        _summarised.append((sweep_dir, summarize_sweep(sweep_dir)))
+
+
+def exit_if_no_job_ok() -> None:
+    """End the process with :data:`NO_OK_JOB_EXIT` and one line on stderr when the sweep that
+    :class:`SweepSummary` summarised last had no job that ended ok (every job failed or diverged);
+    return otherwise, also when no sweep was summarised (a single run). Either way that sweep is
+    forgotten. The command line calls this after Hydra returns, when the summary is written.
+
+    Raises:
+        SystemExit: with :data:`NO_OK_JOB_EXIT`.
+    """
+    if not _summarised:
+        return
+    sweep_dir, rows = _summarised[-1]
+    _summarised.clear()
+    if any(row["status"] == "ok" for row in rows):
+        return
+    print(
+        f"error: no job of the sweep ended ok ({_status_counts(rows)}); see {sweep_dir / 'summary.md'}",
+        file=sys.stderr,
+    )
+    raise SystemExit(NO_OK_JOB_EXIT)
