@@ -12,6 +12,7 @@ warning line says so, and everything else is written as usual.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -403,7 +404,18 @@ def _write_markdown(path: Path, rows: list[dict[str, Any]], columns: Sequence[st
     lines += ["| " + " | ".join(_md_cell(row[column], column) for column in columns) + " |" for row in rows]
     if image:
         lines += ["", "![train loss of each ok job against step](curves.png)"]
-    path.write_text("\n".join(lines) + "\n")
+    _write_whole(path, "\n".join(lines) + "\n")
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """``text`` into ``path`` through a temporary file renamed into place: a full disk leaves no half file."""
+    temp = path.with_name(f".{path.name}.tmp")
+    try:
+        with temp.open("w", newline="") as file:
+            file.write(text)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
 
 
 def _plot_curves(path: Path, rows: list[dict[str, Any]], curves: dict[str, tuple[list[int], list[float]]]) -> bool:
@@ -477,10 +489,11 @@ def summarize_sweep(sweep_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     rows.sort(key=lambda row: _sort_key(row, objective))
     columns = [column for column in SUMMARY_COLUMNS if column not in VALIDATION_COLUMNS or objective == "val_loss"]
 
-    with (sweep_dir / "summary.csv").open("w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(columns)
-        writer.writerows([_csv_cell(row[column]) for column in columns] for row in rows)
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(columns)
+    writer.writerows([_csv_cell(row[column]) for column in columns] for row in rows)
+    _write_whole(sweep_dir / "summary.csv", table.getvalue())
     intro = f"{len(rows)} jobs, best first by {objective} (diverged and failed jobs last): {_status_counts(rows)}."
     image = _plot_curves(sweep_dir / "curves.png", rows, curves)
     _write_markdown(sweep_dir / "summary.md", rows, [column for column in columns if column != "dir"], intro, image)
@@ -493,7 +506,7 @@ def summarize_sweep(sweep_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 # The sweeps SweepSummary summarised since the command line last asked (exit_if_no_job_ok): their dirs and rows.
 # Module state, because Hydra hands a callback's outcome to no one and returns nothing from a multirun.
-_summarised: list[tuple[Path, list[dict[str, Any]]]] = []
+_summarised: list[tuple[Path, list[dict[str, Any]] | OSError]] = []
 
 
 class SweepSummary(Callback):
@@ -513,7 +526,10 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Write ``summary.csv``, ``summary.md`` and ``curves.png`` into ``config.hydra.sweep.dir``."""
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        _summarised.append((sweep_dir, summarize_sweep(sweep_dir)))
+        try:
+            _summarised.append((sweep_dir, summarize_sweep(sweep_dir)))
+        except OSError as err:  # a full disk, say: the command line's exit says so (exit_if_no_job_ok)
+            _summarised.append((sweep_dir, err))
 
 
 def exit_if_no_job_ok() -> None:
@@ -529,6 +545,13 @@ def exit_if_no_job_ok() -> None:
         return
     sweep_dir, rows = _summarised[-1]
     _summarised.clear()
+    if isinstance(rows, OSError):
+        print(
+            f"error: the sweep's summary could not be written in {sweep_dir} ({rows.strerror}: {rows.filename}); "
+            "each job's own files are in its folder: free some space and run summarize_sweep on it",
+            file=sys.stderr,
+        )
+        raise SystemExit(NO_OK_JOB_EXIT)
     if any(row["status"] == "ok" for row in rows):
         return
     print(
