@@ -10,12 +10,17 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def sweep(train_py, tmp_path: Path, *overrides: str) -> list[dict[str, str]]:
@@ -137,3 +142,41 @@ def test_a_sweep_in_which_no_job_ended_ok_exits_1_with_its_summary(tmp_path, tra
     assert errors == [errors[0]] and "no job of the sweep ended ok" in errors[0], result.stderr[-3000:]
     assert str(sweep / "summary.md") in errors[0]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("launcher", "ready"), [("basic", " loss "), ("stacked", "stacked fit of 2 jobs")])
+def test_a_second_sweep_into_a_sweep_dir_in_use_is_refused_and_writes_nothing_there(
+    tmp_path, train_py, launcher, ready
+):
+    """The loser of two sweeps into one sweep dir ends with one line and exit 2 before Hydra writes
+    multirun.yaml or any job starts; the winner's files are its own."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", f"hydra/launcher={launcher}", "optim.lr=1e-7,2e-7", f"hydra.sweep.dir={sweep}"]
+    winner = subprocess.Popen(
+        [sys.executable, "train.py", *args, "trainer.max_steps=1000000", "trainer.log_every_n_steps=100"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        for line in winner.stdout:  # until the winner trains
+            if ready in line:
+                break
+        multirun_yaml = (sweep / "multirun.yaml").read_text()
+        loser = train_py(*args, "trainer.max_steps=7")  # 7: the loser's own mark, in any file it wrote
+    finally:
+        winner.send_signal(signal.SIGTERM)
+        output, _ = winner.communicate(timeout=300)
+    assert loser.returncode == 2, loser.stderr[-3000:]
+    errors = [line for line in loser.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "is in use by another sweep or run (pid" in errors[0], loser.stderr[-3000:]
+    assert "#0 :" not in loser.stdout  # no job launched
+    assert winner.returncode == 143, output[-3000:]  # the winner trained on, until the signal
+    assert (sweep / "multirun.yaml").read_text() == multirun_yaml
+    for path in sweep.rglob("*"):
+        if path.is_file() and path.suffix in {".yaml", ".log", ".md", ".csv", ".json"}:
+            text = path.read_text()
+            assert "max_steps=7" not in text and "in use" not in text, path
+    assert not (sweep / ".lock").exists()  # the winner released it when the signal ended its sweep

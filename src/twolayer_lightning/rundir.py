@@ -12,6 +12,7 @@ run touches nothing of the run it was refused for.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -132,16 +133,24 @@ def recorded_status(run_dir: Path) -> str | None:
 
 
 class RunDirLock:
-    """``run_dir/.lock`` with this process's pid and host, for as long as the run lasts.
+    """``run_dir/.lock`` with this process's pid and host, for as long as the run (or sweep) lasts.
 
     Taking it twice in one process is fine (the Hydra callback takes it before :func:`train`
     does). Another live process's lock is refused with one line; a lock whose pid is gone on
     this host is stale (its owner was killed) and taken over.
+
+    Args:
+        run_dir: the folder to hold.
+        key: the setting that names the folder, for the messages: ``output_dir`` for a run,
+            ``hydra.sweep.dir`` for a sweep's root.
     """
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, key: str = "output_dir") -> None:
         self.path = run_dir / LOCK_FILE
         self.owner = f"{os.getpid()} {socket.gethostname()}"
+        self.key = key
+        self.elsewhere = FINISHED_ELSEWHERE if key == "output_dir" else f"choose another {key}"
+        self.user = "run" if key == "output_dir" else "sweep or run"
         self._made: list[Path] = []  # folders acquire() made: a run refused afterwards leaves none behind
 
     def acquire(self) -> bool:
@@ -155,7 +164,7 @@ class RunDirLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise ConfigError(
-                [f"output_dir={str(self.path.parent)!r} cannot be made ({err.strerror}); {FINISHED_ELSEWHERE}"]
+                [f"{self.key}={str(self.path.parent)!r} cannot be made ({err.strerror}); {self.elsewhere}"]
             ) from None
         for _ in range(3):  # a stale lock removed by someone else in between: try again
             try:
@@ -168,24 +177,26 @@ class RunDirLock:
                     pid, _, host = holder.partition(" ")
                     raise ConfigError(
                         [
-                            f"output_dir={str(self.path.parent)!r} is in use by another run (pid {pid} on {host}, "
-                            f"see {self.path}); wait for it, or {FINISHED_ELSEWHERE}"
+                            f"{self.key}={str(self.path.parent)!r} is in use by another {self.user} (pid {pid} on "
+                            f"{host}, see {self.path}); wait for it, or {self.elsewhere}"
                         ]
                     ) from None
-                log.warning("taking over the stale lock %s of a run that is gone (%s)", self.path, holder)
+                log.warning("taking over the stale lock %s of a %s that is gone (%s)", self.path, self.user, holder)
                 self.path.unlink(missing_ok=True)
                 continue
             except OSError as err:
                 raise ConfigError(
-                    [f"output_dir={str(self.path.parent)!r} cannot be written ({err.strerror}); {FINISHED_ELSEWHERE}"]
+                    [f"{self.key}={str(self.path.parent)!r} cannot be written ({err.strerror}); {self.elsewhere}"]
                 ) from None
             with os.fdopen(fd, "w") as file:
                 file.write(self.owner + "\n")
             return True
-        raise ConfigError([f"output_dir={str(self.path.parent)!r}: could not take {self.path}; try again"])
+        raise ConfigError([f"{self.key}={str(self.path.parent)!r}: could not take {self.path}; try again"])
 
     def release(self) -> None:
         """Remove the lock if this process holds it, and the folders it made if they stayed empty."""
+        if self.owner != f"{os.getpid()} {socket.gethostname()}":
+            return  # a forked child (its exit handlers included) leaves its parent's lock alone
         if self._holder() == self.owner:
             self.path.unlink(missing_ok=True)
         for folder in self._made:
@@ -225,11 +236,16 @@ class RunDirGuard(Callback):
     """Hydra callback: check the run dir and take its lock before Hydra writes anything into it.
 
     Hydra calls ``on_run_start`` before it makes the run dir, writes ``.hydra/`` and opens the
-    job's log file; a refused run (a config value out of range, or a run dir it may not use) ends
-    there with one line per problem and exit status 2 (SystemExit: Hydra turns exceptions in
-    callbacks into warnings). A ``-m`` sweep into a sweep dir that already
-    holds a finished job is refused the same way in ``on_multirun_start``.
+    job's log file; a refused run ends there with one line and exit status 2 (SystemExit: Hydra
+    turns exceptions in callbacks into warnings). A ``-m`` sweep takes the lock of its sweep dir in
+    ``on_multirun_start``, before Hydra's sweeper writes ``multirun.yaml`` there and before any job
+    starts, and holds it until the sweep ends: a second sweep into a sweep dir in use, or one that
+    already holds a finished job (unless it resumes that sweep in place with ``ckpt_path=last``),
+    is refused the same way and writes nothing there.
     """
+
+    def __init__(self) -> None:
+        self.sweep_lock: RunDirLock | None = None
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
@@ -259,20 +275,33 @@ class RunDirGuard(Callback):
             RunDirLock(_run_dir(config).absolute()).release()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.get("ckpt_path") == "last":
-            return  # the sweep resumed in place: each job keeps, resumes or starts its run (see cli)
-        sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir")))
-        finished = sorted(sweep_dir.glob(f"**/{METRICS_FILE}")) if sweep_dir.is_dir() else []
-        if finished:
-            _refuse(
-                ConfigError(
+        sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir"))).absolute()
+        lock = RunDirLock(sweep_dir, key="hydra.sweep.dir")
+        try:
+            lock.acquire()
+            # Resumed in place (ckpt_path=last), each job keeps, resumes or starts its run (see cli).
+            finished = [] if config.get("ckpt_path") == "last" else sorted(sweep_dir.glob(f"**/{METRICS_FILE}"))
+            if finished:
+                lock.release()
+                raise ConfigError(
                     [
                         f"hydra.sweep.dir={str(sweep_dir)!r} already holds a sweep's results ({finished[0]}); choose "
                         "another hydra.sweep.dir, or resume that sweep in place: its command with "
                         f"hydra.sweep.dir={sweep_dir} ckpt_path=last"
                     ]
                 )
-            )
+        except ConfigError as err:
+            _refuse(err)
+        self.sweep_lock = lock
+        # A sweep ended by a signal or an error never reaches on_multirun_end: release the lock at exit then.
+        atexit.register(lock.release)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra calls the end callbacks in reverse order: the sweep's summary is written by now.
+        if self.sweep_lock is not None:
+            self.sweep_lock.release()
+            atexit.unregister(self.sweep_lock.release)
+            self.sweep_lock = None
 
 
 def _run_dir(config: DictConfig) -> Path:
