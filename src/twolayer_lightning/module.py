@@ -148,8 +148,9 @@ class LitTwoLayerNet(L.LightningModule):
         # cost nothing; validation metrics cover the whole validation set.
         self.train_metrics = _regression_metrics(prefix="train_")
         self.val_metrics = _regression_metrics(prefix="val_")
-        # The seed's loss, a sum of squares, over the whole validation set (val_mse is its mean); nan is kept.
-        self.val_loss = SumMetric(nan_strategy="disable")
+        # The seed's loss, a sum of squares, over the whole validation set (val_mse is its mean). A float
+        # nan_strategy replaces a nan by that float: nan itself, so a diverged model's loss stays nan.
+        self.val_loss = SumMetric(nan_strategy=math.nan)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
