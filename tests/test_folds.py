@@ -12,8 +12,12 @@ import torch
 
 from twolayer_lightning import LitTwoLayerNet, run
 from twolayer_lightning.cli import compose, objective
-from twolayer_lightning.config import ConfigError, validate
+from twolayer_lightning.config import ConfigError, updates_per_step, validate
 from twolayer_lightning.data import FileRegressionData, check_folds, fold_indices
+from twolayer_lightning.stacked import why_alone
+
+# A config of one CSV, for the checks that need no file (config.validate does not open it).
+FILES = ["data=files", "data.x_path=table.csv", "data.target_columns=[y]"]
 
 
 def save_xy(folder: Path, x: torch.Tensor, y: torch.Tensor) -> list[str]:
@@ -135,9 +139,15 @@ def test_a_folds_run_is_the_run_on_its_training_rows_alone_validated_on_fold_i(t
     assert json.loads((tmp_path / "validate" / "metrics.json").read_text())["fold"] == fold
 
 
-# --- refusals, one line each -------------------------------------------------------------------------------------
+def test_a_folds_run_validates_where_a_run_with_validation_rows_does():
+    # Its validations fire at their steps (updates_per_step divides val_every_n_steps), and the stacked
+    # launcher runs it on its own, as any job with validation rows, so that it keeps best.ckpt and val metrics.
+    cfg = compose([*FILES, "data.folds=5", "data.fold=2", "trainer.val_every_n_steps=10"])
+    assert updates_per_step(cfg) == 10
+    assert why_alone(cfg) == "validation rows (data.val_fraction or data.folds)"
 
-FILES = ["data=files", "data.x_path=table.csv", "data.target_columns=[y]"]
+
+# --- refusals, one line each -------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
