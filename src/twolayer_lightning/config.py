@@ -43,7 +43,9 @@ class DataConfig:
     batch_size: int | None = None  # files: rows per step; null: all training rows (the seed's full batch)
     shuffle: bool = True  # files: reshuffle mini-batches every epoch, seeded by `seed`
     standardize: bool = False  # files: centre and scale x and y with the training rows' mean and std
-    split_seed: int = 0  # files: draws the validation rows (`seed` draws weights and batch order)
+    split_seed: int = 0  # files: draws the validation rows or the folds (`seed` draws weights and batch order)
+    folds: int | None = None  # files: K >= 2, cut the rows into K seeded folds (k-fold CV); null: no folds
+    fold: int | None = None  # files, with folds: the fold i validated on, 0 <= i < K; the other K-1 are trained on
     # files, mode=predict on a CSV with a model trained on arrays (it knows no column names): take the
     # CSV's columns by position, in file order; false refuses such a CSV. A model that knows its names
     # matches them by name whatever this says.
@@ -116,9 +118,15 @@ def updates_per_step(cfg: Any) -> int:
     if trainer.strategy == "ddp" or _processes(cfg) != 1 or (data.kind == "files" and data.batch_size is not None):
         return 1
     intervals = [trainer.log_every_n_steps, trainer.checkpoint_every_n_steps]
-    if data.kind == "files" and data.val_fraction:
+    if has_validation_rows(cfg):
         intervals.append(trainer.val_every_n_steps)
     return reduce(math.gcd, [n for n in intervals if n > 0])
+
+
+def has_validation_rows(cfg: Any) -> bool:
+    """Whether the run validates: ``data=files`` with ``data.val_fraction > 0`` or with ``data.folds``."""
+    data = cfg.data
+    return data.kind == "files" and (bool(data.val_fraction) or data.get("folds") is not None)
 
 
 def _processes(cfg: Any) -> int | None:
@@ -257,6 +265,40 @@ def _check_data(cfg: Any, problems: list[str]) -> None:
     split_seed = data.get("split_seed", 0)
     if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
         problems.append(f"data.split_seed={split_seed!r} is not allowed: use a whole number >= 0")
+    _check_folds(cfg, problems)
+
+
+def _check_folds(cfg: Any, problems: list[str]) -> None:
+    """``data.folds`` and ``data.fold``, one fold's run of a k-fold cross-validation (make_data checks the rows)."""
+    data = cfg.data
+    folds, fold = data.get("folds"), data.get("fold")
+    if folds is None:
+        if fold is not None:
+            problems.append(f"data.fold={fold!r} is not allowed without data.folds: add data.folds=K (K >= 2 folds)")
+        return
+    if data.kind != "files":
+        problems.append(
+            f"data.folds={folds!r} is not allowed with {data.kind} data: folds split a user's rows; use data=files"
+        )
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        problems.append(f"data.folds={folds!r} is not allowed: use a whole number >= 2, or null (no folds)")
+        return
+    if data.val_fraction:
+        problems.append(
+            f"data.folds={folds} is not allowed with data.val_fraction={data.val_fraction!r}: with data.folds, the "
+            "fold data.fold is the validation rows; use one or the other (data.val_fraction=0, or drop data.folds)"
+        )
+    # NOT YET, the whole cross-validation: data.folds without data.fold would run all K folds in one
+    # command (issue 21's stacked CV fit). Until then it is refused here, and only here.
+    if fold is None:
+        problems.append(
+            f"data.folds={folds} without data.fold is not there yet: a whole cross-validation (all folds in one run) "
+            f"is to come; run each fold on its own with data.fold=i for i in 0..{folds - 1}"
+        )
+    elif isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < folds:
+        problems.append(
+            f"data.fold={fold!r} is not allowed with data.folds={folds}: use a whole number from 0 to {folds - 1}"
+        )
 
 
 def _check_model(cfg: Any, problems: list[str]) -> None:
@@ -294,7 +336,7 @@ def _check_steps(cfg: Any, problems: list[str]) -> None:
     if isinstance(ups, int) and ups > 1:
         # Lightning looks at these intervals once per training step, i.e. every `ups` updates.
         intervals = ["checkpoint_every_n_steps"]
-        if cfg.data.kind == "files" and cfg.data.val_fraction:
+        if has_validation_rows(cfg):
             intervals.append("val_every_n_steps")
         for key in intervals:
             value = cfg.trainer[key]

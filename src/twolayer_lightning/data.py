@@ -308,11 +308,87 @@ def check_split(val_fraction: float, num_rows: int) -> str | None:
     return f"{problem}; {fix} (or 0: no validation)"
 
 
+def fold_indices(num_rows: int, folds: int, split_seed: int = 0) -> list[torch.Tensor]:
+    """The rows of each of ``folds`` folds (k-fold cross-validation), each fold's in file order.
+
+    One seeded permutation of the rows (``torch.randperm`` from a generator seeded with
+    ``split_seed``) is cut into ``folds`` contiguous parts, so every row is in exactly one fold and
+    fold sizes differ by at most one (the first ``num_rows % folds`` folds get the extra row). The
+    folds depend on ``num_rows``, ``folds`` and ``split_seed`` alone: the runs of fold 0, 1, ...
+    cut the same folds, so together they validate every row once.
+
+    Example:
+        >>> [fold.tolist() for fold in fold_indices(7, 3, split_seed=0)]
+        [[0, 4, 5], [2, 3], [1, 6]]
+    """
+    order = torch.randperm(num_rows, generator=torch.Generator().manual_seed(split_seed))
+    return [part.sort().values for part in order.tensor_split(folds)]
+
+
+def check_folds(folds: int, num_rows: int) -> str | None:
+    """Why ``folds`` folds of ``num_rows`` rows are no usable cross-validation (with a value that works), or None.
+
+    Every fold needs at least 2 rows (it is some run's validation rows, and R2 and explained
+    variance need two), so every fold's run also keeps at least 2 training rows.
+    """
+    if num_rows // folds >= 2:
+        return None
+    if num_rows < 4:
+        fix = f"{num_rows} rows are too few for cross-validation (2 folds of at least 2 rows)"
+    else:
+        fix = f"use at most {num_rows // 2} folds"
+    if folds > num_rows:
+        return f"folds={folds} is more than the {num_rows} rows, so some fold would have no row; {fix}"
+    small = folds - num_rows % folds  # the folds that get num_rows // folds rows
+    return (
+        f"folds={folds} of {num_rows} rows gives {small} of the folds 1 validation row, and R2 and explained "
+        f"variance need at least 2; {fix}"
+    )
+
+
+def _split_rows(
+    num_rows: int, val_fraction: float, folds: int | None, fold: int | None, split_seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validation rows and the training rows (each in file order) of :class:`FileRegressionData`.
+
+    Raises:
+        ValueError: the split or the folds do not fit ``num_rows``, or the arguments do not go together.
+    """
+    if folds is None:
+        if fold is not None:
+            raise ValueError(f"FileRegressionData: fold={fold!r} is not allowed without folds: give folds=K too")
+        problem = check_split(val_fraction, num_rows)
+        if problem:
+            raise ValueError(f"FileRegressionData: {problem}")
+        num_val = math.ceil(val_fraction * num_rows)  # ceil: any val_fraction > 0 holds out at least one row
+        order = torch.randperm(num_rows, generator=torch.Generator().manual_seed(split_seed))
+        return order[:num_val].sort().values, order[num_val:].sort().values
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ValueError(f"FileRegressionData: folds={folds!r} is not allowed; use a whole number >= 2, or None")
+    if val_fraction:
+        raise ValueError(
+            f"FileRegressionData: folds={folds} is not allowed with val_fraction={val_fraction!r}: fold i is the "
+            "validation rows; use one or the other"
+        )
+    if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < folds:
+        raise ValueError(
+            f"FileRegressionData: fold={fold!r} is not allowed with folds={folds}: use a whole number from 0 to "
+            f"{folds - 1} (the fold validated on)"
+        )
+    problem = check_folds(folds, num_rows)
+    if problem:
+        raise ValueError(f"FileRegressionData: {problem}")
+    parts = fold_indices(num_rows, folds, split_seed)
+    return parts[fold], torch.cat(parts[:fold] + parts[fold + 1 :]).sort().values
+
+
 class FileRegressionData(L.LightningDataModule):
     """A user's x and y, split into training and validation rows, served whole or in mini-batches.
 
     The split is seeded: ``ceil(val_fraction * N)`` rows drawn by ``torch.randperm`` from a generator
-    seeded with ``split_seed`` go to validation, the others to training; each part keeps file order. With
+    seeded with ``split_seed`` go to validation, the others to training; each part keeps file order.
+    Or, for one run of k-fold cross-validation, ``folds=K`` and ``fold=i``: the rows are cut into K
+    seeded folds (:func:`fold_indices`), fold i is validated on and the other K-1 are trained on. With
     ``batch_size=None`` every training step sees the whole training set, as the seed's loop does;
     otherwise a DataLoader serves mini-batches, reshuffled each epoch as :class:`EpochBatches`
     says: epoch e's batches depend on ``seed`` and e alone, so a given seed gives the same batches
@@ -330,10 +406,13 @@ class FileRegressionData(L.LightningDataModule):
             here); validation and prediction rows stay in the data's units, and :attr:`scaling`
             holds the statistics, which ``LitTwoLayerNet`` takes into its network so that its
             predictions and metrics are in the data's units.
-        split_seed: seeds the split; None: ``seed``.
+        split_seed: seeds the split (or the folds); None: ``seed``.
+        folds: K >= 2, the number of folds to cut the rows into; None: no folds (``val_fraction`` splits).
+        fold: with ``folds``, the fold validated on, ``0 <= fold < folds``.
 
     Raises:
-        ValueError: x or y is not a 2-D tensor, their rows differ, or an argument is out of range.
+        ValueError: x or y is not a 2-D tensor, their rows differ, an argument is out of range, or
+            ``folds`` comes with ``val_fraction`` or without ``fold``.
 
     Example:
         >>> x = torch.arange(12.0).reshape(6, 2)
@@ -344,6 +423,9 @@ class FileRegressionData(L.LightningDataModule):
         (4, 2)
         >>> [tuple(xb.shape) for xb, yb in data.train_dataloader()]
         [(2, 2), (2, 2)]
+        >>> fold_1 = FileRegressionData(x, x.sum(1, keepdim=True), folds=3, fold=1, split_seed=0)
+        >>> fold_1.val_indices.tolist(), fold_1.train_indices.tolist()
+        ([0, 3], [1, 2, 4, 5])
     """
 
     def __init__(
@@ -356,6 +438,8 @@ class FileRegressionData(L.LightningDataModule):
         seed: int = 0,
         standardize: bool = False,
         split_seed: int | None = None,
+        folds: int | None = None,
+        fold: int | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("x", x), ("y", y)):
@@ -378,20 +462,15 @@ class FileRegressionData(L.LightningDataModule):
                 f"FileRegressionData: batch_size={batch_size!r} is not allowed; use an integer >= 1, "
                 "or None for the whole training set each step"
             )
-        problem = check_split(val_fraction, len(x))
-        if problem:
-            raise ValueError(f"FileRegressionData: {problem}")
-        num_val = math.ceil(val_fraction * len(x))  # ceil: any val_fraction > 0 holds out at least one row
         self.x, self.y = x, y
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.standardize = standardize
         self.split_seed = seed if split_seed is None else split_seed
+        self.folds, self.fold = folds, fold
         self.x_names: list[str] | None = None  # the CSV's column names of x and y, when read from a CSV
         self.y_names: list[str] | None = None
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.split_seed))
-        # Sorted: each part keeps file order, so val_fraction=0 trains on x itself, row for row.
-        self.val_indices = order[:num_val].sort().values  # file rows held out for validation
-        self.train_indices = order[num_val:].sort().values  # file rows trained on
+        # The file rows validated on and trained on, each in file order (val_fraction=0 trains on x itself).
+        self.val_indices, self.train_indices = _split_rows(len(x), val_fraction, folds, fold, self.split_seed)
         x_train, y_train = x[self.train_indices], y[self.train_indices]  # (N_train, D_in), (N_train, D_out)
         # (x_mean, x_scale, y_mean, y_scale) of the training rows, or None without standardize.
         self.scaling: tuple[torch.Tensor, ...] | None = None
@@ -418,6 +497,28 @@ class FileRegressionData(L.LightningDataModule):
         x, y, x_names, y_names = _load(x_path, y_path, target_columns)
         data = cls(x, y, **kwargs)
         data.x_names, data.y_names = x_names, y_names
+        return data
+
+    def with_fold(self, fold: int) -> FileRegressionData:
+        """The same rows and settings with fold ``fold`` validated on: one member of this cross-validation.
+
+        Raises:
+            ValueError: this data has no folds, or ``fold`` is not in ``0 .. folds - 1``.
+        """
+        if self.folds is None:
+            raise ValueError(f"FileRegressionData.with_fold: fold={fold!r} needs data built with folds=K")
+        data = type(self)(
+            self.x,
+            self.y,
+            batch_size=self.batch_size,
+            shuffle=self.shuffle,
+            seed=self.seed,
+            standardize=self.standardize,
+            split_seed=self.split_seed,
+            folds=self.folds,
+            fold=fold,
+        )
+        data.x_names, data.y_names = self.x_names, self.y_names
         return data
 
     @property

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from twolayer_lightning.data import FileRegressionData
 from twolayer_lightning.errors import DiskFullError, TrainingDivergedError, TrainingInterruptedError
 from twolayer_lightning.module import LitTwoLayerNet
 from twolayer_lightning.report import plot_run
@@ -182,7 +183,8 @@ def fit_metrics(
     ``data.standardize`` the sum of squares in standardized units), ``global_step`` (a validate or
     predict run records its checkpoint's), ``seed``, ``lr``, ``accelerator``, the sizes,
     ``fit_seconds``, ``updates_per_step``, ``update_path`` (the path the fit took), ``dead_units``,
-    the validation metrics when there are any (in the data's units), and ``diverged_at_step``.
+    the validation metrics when there are any (in the data's units), ``folds`` and ``fold`` for a run
+    of one fold of a cross-validation, and ``diverged_at_step``.
     :func:`finish` adds ``signal``, ``resumed_from``, ``lr_search`` and ``versions``.
     """
     metrics = {
@@ -204,6 +206,8 @@ def fit_metrics(
         **{k: v for k, v in trainer.callback_metrics.items() if k.startswith("val_")},
     }
     metrics = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
+    if isinstance(data, FileRegressionData) and data.folds is not None:  # one fold's run of a cross-validation
+        metrics["folds"], metrics["fold"] = data.folds, data.fold
     if model.diverged_at is not None:
         metrics["diverged_at_step"] = model.diverged_at
     return metrics

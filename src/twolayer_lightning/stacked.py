@@ -43,7 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from twolayer_lightning import results
 from twolayer_lightning.checkpoints import AtomicCheckpointIO, StopOnSignal
-from twolayer_lightning.config import updates_per_step, validate
+from twolayer_lightning.config import has_validation_rows, updates_per_step, validate
 from twolayer_lightning.data import FileRegressionData, SyntheticRegressionData
 from twolayer_lightning.model import live_rows_per_unit
 from twolayer_lightning.module import LitTwoLayerNet
@@ -78,7 +78,7 @@ def why_alone(cfg: DictConfig) -> str | None:
             "it runs on several devices or processes",
         ),
         (data.kind == "files" and data.batch_size is not None, "mini-batches (data.batch_size)"),
-        (data.kind == "files" and bool(data.val_fraction), "validation rows (data.val_fraction)"),
+        (has_validation_rows(cfg), "validation rows (data.val_fraction or data.folds)"),
         (
             cfg.trainer.update_path in ("lightning", "cuda_graph"),
             f"trainer.update_path={cfg.trainer.update_path}",

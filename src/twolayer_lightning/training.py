@@ -241,6 +241,8 @@ def make_data(cfg: DictConfig, generator: torch.Generator) -> Data:
             seed=cfg.seed,
             standardize=cfg.data.standardize,
             split_seed=cfg.data.split_seed,
+            folds=cfg.data.folds,
+            fold=cfg.data.fold,
         )
     except DataError:
         raise
@@ -443,7 +445,12 @@ def _validate(
 ) -> dict[str, Any]:
     """``mode=validate``: the validation metrics of the checkpoint's network, in ``metrics.json``."""
     if not _has_validation(data):
-        raise ConfigError(["mode='validate' needs validation rows: use data=files with data.val_fraction > 0"])
+        raise ConfigError(
+            [
+                "mode='validate' needs validation rows: use data=files with data.val_fraction > 0, "
+                "or with data.folds=K data.fold=i"
+            ]
+        )
     model = load_model(ckpt_path, data)
     out.mkdir(parents=True, exist_ok=True)
     trainer = make_trainer(cfg, out, True, StopOnSignal(package_version()))
