@@ -135,9 +135,8 @@ def search_lr(
 
     Args:
         x, y: the training rows ``(N, D_in)``, ``(N, D_out)``, as the fit sees them (standardized).
-        w1, w2: the fit's initial weights.
+        w1, w2: the fit's initial weights; seed: seeds the held-out rows and the mini-batch order.
         steps: the fit's number of updates; batch_size: its mini-batch rows (None: the full batch).
-        seed: seeds the held-out rows and the mini-batch order.
         held_out_fraction: the share of rows held out to score the candidates.
         lr_per_row: the candidates, as lr times rows per update.
         progress: called as ``progress(steps done, steps in all, seconds left)`` every
@@ -145,8 +144,8 @@ def search_lr(
 
     Returns:
         ``lr``, ``candidates`` (the fit's lrs), ``held_out_mse`` (None: diverged), ``steps`` (the test's),
-        ``fit_rows``, ``held_out_rows``, ``scored_on``, ``skipped_as_diverging_on_all_rows`` (lrs skipped);
-        :func:`describe_search` puts it in words.
+        ``fit_rows``, ``held_out_rows``, ``scored_on``, ``skipped_as_diverging_on_all_rows``: in words by
+        :func:`describe_search`.
 
     Raises:
         ValueError: every member diverged.
@@ -156,9 +155,8 @@ def search_lr(
     test = _RangeTest(x[fit], y[fit], w1, w2, lr_per_row, batch_size)
     test_steps = test.run(steps, seed, progress, progress_seconds)
     scores = [value if math.isfinite(value) else None for value in test.mse(x[held], y[held])]
-    rows_fit = n if batch_size is None else min(batch_size, n)  # rows per update in the fit
     finite = [(value, i) for i, value in enumerate(scores) if value is not None]
-    candidates = [c / rows_fit for c in lr_per_row]
+    candidates = [c / (n if batch_size is None else min(batch_size, n)) for c in lr_per_row]  # per the fit's update
     if not finite:
         raise ValueError(
             f"search_lr: every candidate lr ({candidates[0]:.3g} to {candidates[-1]:.3g}) diverged; "
