@@ -34,7 +34,7 @@ def write_job_files(job_dir: Path, num: int, overrides: list[str], log_lines: li
 
 
 def log_error(message: str) -> str:
-    """An ERROR record as cli._task logs a failed job in the job's train.log."""
+    """An ERROR record as cli.sweep_objective logs a failed job in the job's train.log."""
     return f"[2026-01-01 00:00:00,000][ERROR] job failed: {message}"
 
 

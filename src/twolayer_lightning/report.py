@@ -317,7 +317,7 @@ def _last_error(job_dir: Path) -> str:
                     if rest.startswith("["):
                         break
                     record.append(rest.strip())
-    # "job failed: error: ..." is how cli._task logs it; the status column already says that much.
+    # "job failed: error: ..." is how cli.sweep_objective logs it; the status column already says that much.
     parts = [re.sub(r"^(?:job (?:failed|interrupted):\s*)?(?:error:\s*)?", "", part) for part in record]
     return "; ".join(part for part in parts if part)
 
