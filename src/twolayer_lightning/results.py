@@ -83,30 +83,28 @@ def finish(end: RunEnd, held: list[int] | None = None) -> dict[str, Any]:
     Raises:
         TrainingDivergedError: the loss became inf or nan.
         TrainingInterruptedError: a signal stopped the fit, or came while its files were written.
-        DiskFullError: the disk filled up while the files were written.
+        OSError: a file could not be written; its callers (``training.train``, ``stacked.finish``) turn a
+            full disk into :class:`DiskFullError` with :func:`disk_full`, as for every other file of the run.
     """
     model, trainer, out = end.model, end.trainer, end.out
     diverged = model.diverged_at is not None
     status = run_status(diverged, end.signum is not None)
     global_step = trainer.global_step if end.global_step is None else end.global_step
-    try:
-        if not diverged:
-            # The full state of the last finished update, also after a signal: resumable, bitwise.
-            trainer.save_checkpoint(out / CHECKPOINT_FILE, weights_only=False)
-        metrics = fit_metrics(end.cfg, model, end.data, trainer, global_step, status, end.seconds)
-        if end.signum is not None:
-            metrics["signal"] = signal.Signals(end.signum).name
-        for key, value in (("resumed_from", end.resumed_from), ("lr_search", end.lr_search)):
-            if value is not None:
-                metrics[key] = value
-        metrics.update(end.extra)
-        metrics["versions"] = versions(trainer)
-        if trainer.is_global_zero:
-            write_metrics(out, metrics)
-            if end.cfg.logger == "csv":
-                plot_run(out)  # loss.png; without matplotlib, one warning line and no picture
-    except OSError as err:
-        raise disk_full(err, out) from err
+    if not diverged:
+        # The full state of the last finished update, also after a signal: resumable, bitwise.
+        trainer.save_checkpoint(out / CHECKPOINT_FILE, weights_only=False)
+    metrics = fit_metrics(end.cfg, model, end.data, trainer, global_step, status, end.seconds)
+    if end.signum is not None:
+        metrics["signal"] = signal.Signals(end.signum).name
+    for key, value in (("resumed_from", end.resumed_from), ("lr_search", end.lr_search)):
+        if value is not None:
+            metrics[key] = value
+    metrics.update(end.extra)
+    metrics["versions"] = versions(trainer)
+    if trainer.is_global_zero:
+        write_metrics(out, metrics)
+        if end.cfg.logger == "csv":
+            plot_run(out)  # loss.png; without matplotlib, one warning line and no picture
     _wait_for_other_ranks(trainer)
     _say_how_it_ended(end, status, global_step, held)
     return metrics
