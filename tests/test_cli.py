@@ -164,6 +164,56 @@ def test_run_raises_for_bad_config_and_divergence(tmp_path):
         run(["optim.lr=1e-3", "logger=none"], output_dir=tmp_path / "b")
 
 
+@pytest.mark.parametrize(
+    ("override", "line"),
+    [
+        ("optim.nosuch=1", "unknown config key 'optim.nosuch'; known keys here: optim.lr"),
+        ("+trainer.nosuch=1", "+trainer.nosuch is not a key of this project's config"),
+        ("data=nosuch", "Could not find 'data/nosuch'"),
+    ],
+)
+def test_run_raises_config_error_with_the_command_lines_line(override, line, tmp_path, monkeypatch, capsys):
+    with pytest.raises(ConfigError) as raised:
+        run([override], output_dir=tmp_path / "run")
+    monkeypatch.setattr(sys, "argv", ["train.py", override, f"hydra.run.dir={tmp_path / 'cli'}"])
+    with pytest.raises(SystemExit):
+        main()
+    assert f"error: {raised.value}" == capsys.readouterr().err.strip()
+    assert line in str(raised.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_says_where_it_wrote(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    metrics = run(["trainer.max_steps=1", "logger=none"])
+    out = Path(metrics["output_dir"])
+    assert out.is_absolute() and out.parent.parent == tmp_path / "outputs"
+    assert json.loads((out / "metrics.json").read_text())["global_step"] == 1
+
+
+@pytest.mark.parametrize(
+    ("choice", "plugin"),
+    [
+        ("hydra/launcher=joblib", "hydra_plugins.hydra_joblib_launcher"),
+        ("hparams_search=lr_hidden", "hydra_plugins.hydra_optuna_sweeper"),
+        ("hydra/launcher=slurm", "hydra_plugins.hydra_submitit_launcher"),
+    ],
+)
+def test_a_missing_sweep_plugin_names_the_extra_to_install(choice, plugin, tmp_path):
+    """As in a venv without the [sweep] extra: the plugin's package cannot be imported."""
+    code = (
+        "import sys\n"
+        f"sys.modules[{plugin!r}] = None\n"
+        "from twolayer_lightning.cli import main\n"
+        f"sys.argv = ['train.py', '-m', {choice!r}, 'hydra.sweep.dir={tmp_path}']\n"
+        "main()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith("pip install 'twolayer-lightning[sweep]'"), result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_finished_run_dir_is_not_overwritten(tmp_path):
     run(["trainer.max_steps=2", "logger=none"], output_dir=tmp_path)
     before = (tmp_path / "metrics.json").read_text()
@@ -193,6 +243,7 @@ def test_tensorboard_logger_writes_event_files(tmp_path):
 def test_run_writes_metrics_checkpoint_and_per_step_csv(tmp_path):
     metrics = run(["trainer.max_steps=30", "trainer.log_every_n_steps=7"], output_dir=tmp_path)
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics.pop("output_dir") == str(tmp_path.absolute())  # where run() wrote, for a caller who let it choose
     assert on_disk == metrics
     for key in ("train_loss", "global_step", "seed", "lr", "accelerator", "fit_seconds"):
         assert key in on_disk
@@ -430,7 +481,9 @@ def test_run_reuses_a_composed_config_but_not_its_output_dir_or_a_stale_file(tmp
     first = run(overrides, output_dir=tmp_path / "a")
     second = run(overrides, output_dir=tmp_path / "b")
     assert len(composed) == 1  # the second run took the composed config
-    assert first == {**second, "fit_seconds": first["fit_seconds"], "versions": first["versions"]}
+    assert (first["output_dir"], second["output_dir"]) == (str(tmp_path / "a"), str(tmp_path / "b"))
+    ignored = ("fit_seconds", "versions", "output_dir")
+    assert first == {**second, **{key: first[key] for key in ignored}}
     assert json.loads((tmp_path / "a" / "metrics.json").read_text())["global_step"] == 2
     assert (tmp_path / "b" / "last.ckpt").is_file()  # each run wrote into its own output_dir
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from twolayer_lightning import ConfigError, TrainingDivergedError, report, run
-from twolayer_lightning.cli import describe_error
+from twolayer_lightning.errors import describe_error
 from twolayer_lightning.report import plot_run, summarize_sweep
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -31,7 +31,8 @@ from twolayer_lightning.checkpoints import (
     DiskFullError,
     StopOnSignal,
 )
-from twolayer_lightning.cli import describe_error, main
+from twolayer_lightning.cli import main
+from twolayer_lightning.errors import describe_error
 from twolayer_lightning.rundir import LOCK_FILE, RunDirLock
 
 

@@ -27,10 +27,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
-from twolayer_lightning.config import Config, register_configs, validate
+from twolayer_lightning.config import register_configs, validate
 from twolayer_lightning.errors import (
     ConfigError,
     DataError,
@@ -38,6 +38,7 @@ from twolayer_lightning.errors import (
     TrainingDivergedError,
     TrainingInterruptedError,
     UnsupportedLightningError,
+    describe_error,
 )
 from twolayer_lightning.report import exit_if_no_job_ok, summarize_sweep
 from twolayer_lightning.rundir import (
@@ -119,7 +120,11 @@ def run(overrides: Sequence[str] = (), output_dir: str | os.PathLike[str] | None
             current folder if None (as ``python train.py`` does).
 
     Returns:
-        The metrics of ``twolayer_lightning.train``.
+        The metrics of ``twolayer_lightning.train``, and ``output_dir``: the run's folder, absolute.
+
+    Raises:
+        ConfigError: an unknown key, a bad value or a missing config group option, with the
+            command line's line; as ``twolayer_lightning.train`` otherwise.
 
     Example:
         >>> metrics = run(["trainer.max_steps=3", "logger=none"], output_dir=getfixture("tmp_path"))
@@ -128,9 +133,12 @@ def run(overrides: Sequence[str] = (), output_dir: str | os.PathLike[str] | None
     """
     if output_dir is None:
         output_dir = Path("outputs") / datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f")
-    cfg = copy.deepcopy(_composed(tuple(overrides), _config_files_stamp()))  # train() gets a config of its own
+    try:
+        cfg = copy.deepcopy(_composed(tuple(overrides), _config_files_stamp()))  # train() gets a config of its own
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError([line.removeprefix("error: ") for line in describe_error(err).splitlines()]) from None
     cfg.output_dir = str(output_dir)
-    return train_config(cfg)
+    return {**train_config(cfg), "output_dir": str(Path(output_dir).absolute())}
 
 
 def compose(overrides: Sequence[str] = ()) -> DictConfig:
@@ -221,31 +229,6 @@ def _say(line: str) -> None:
     """A run's final error line on stderr, once: the extra processes of a DDP run end the same way, silently."""
     if is_rank_zero():
         print(line, file=sys.stderr)
-
-
-def describe_error(err: BaseException) -> str:
-    """One line (or one per problem) for a user's mistake: what is wrong, the value, what to use."""
-    if isinstance(err, ConfigError):
-        return "\n".join(f"error: {problem}" for problem in err.problems)
-    if isinstance(err, DiskFullError):
-        return f"error: {err.strerror}"
-    cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
-    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
-        key = cause.full_key
-        if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
-            parent, _, _ = key.rpartition(".")
-            schema = OmegaConf.structured(Config)
-            node = OmegaConf.select(schema, parent) if parent else schema
-            known = (
-                ", ".join(f"{parent + '.' if parent else ''}{k}" for k in node) if isinstance(node, DictConfig) else ""
-            )
-            return f"error: unknown config key {key!r}" + (f"; known keys here: {known}" if known else "")
-        message = str(cause.msg).splitlines()[0] if getattr(cause, "msg", None) else str(cause).splitlines()[0]
-        return f"error: {key}: {message}"
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    if "Config search path:" in lines:
-        lines = lines[: lines.index("Config search path:")]
-    return "error: " + " ".join(lines)
 
 
 def _hydra_main() -> None:

@@ -254,8 +254,7 @@ def _prepare_members(
     """Each job's ``stacked.Member`` with its index into ``returns``; a job whose config or data is refused
     fails alone, as a job of its own: its job dir and log with the one line, +inf, the others go on."""
     from twolayer_lightning import stacked
-    from twolayer_lightning.cli import describe_error
-    from twolayer_lightning.errors import ConfigError, DataError
+    from twolayer_lightning.errors import ConfigError, DataError, describe_error
 
     members: list[tuple[int, Any]] = []
     for i, config in configs.items():
